@@ -1,0 +1,202 @@
+""" The MoD adapter: routing, fusion semantics, gradients, random mode, static graph, errors."""
+import pytest
+import torch
+import torch.nn as nn
+from timm.models._efficientnet_blocks import InvertedResidual
+from timm.models.resnet import BasicBlock, Bottleneck
+
+from timm_mod.mod import ChannelSelector, MoDBlock, fuse_channels, mod_every_second_block, mod_width
+
+CHANNELS = 32
+C_DIVISOR = 4
+K = CHANNELS // C_DIVISOR
+
+
+def make_block(fusion: str = 'first', routing: str = 'learned', block_cls=Bottleneck) -> MoDBlock:
+    torch.manual_seed(0)
+    make = (lambda k: block_cls(k, k // block_cls.expansion)) if block_cls is not InvertedResidual \
+        else (lambda k: InvertedResidual(k, k, exp_ratio=6.0))
+    block = MoDBlock(CHANNELS, make, c=C_DIVISOR, fusion=fusion, routing=routing)
+    for m in block.modules():  # non-trivial BN statistics, so eval mode is not an identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return block.eval()
+
+
+def expected_output(block: MoDBlock, x: torch.Tensor) -> torch.Tensor:
+    """ The paper's equations, sample by sample, independent of the block's own routing code."""
+    out = x.clone()
+    scores = block.selector(x)
+    for b in range(x.shape[0]):
+        order = scores[b].argsort(descending=True)[:block.k]
+        processed = block.block(x[b:b + 1, order]) * scores[b, order][None, :, None, None]
+        target = slice(x.shape[1] - block.k, None) if block.fuse_last else slice(0, block.k)
+        out[b:b + 1, target] = x[b:b + 1, target] + processed
+    return out
+
+
+@pytest.mark.parametrize('fusion', ['first', 'last'])
+@pytest.mark.parametrize('grad', [False, True], ids=['no_grad', 'grad'])
+def test_fusion_semantics_exact(fusion: str, grad: bool) -> None:
+    block = make_block(fusion)
+    x = torch.randn(3, CHANNELS, 6, 5)
+    with torch.no_grad():
+        expected = expected_output(block, x)
+    x_in = x.clone().requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        out = block(x_in)
+    passthrough = slice(0, CHANNELS - K) if fusion == 'last' else slice(K, None)
+    fused = slice(CHANNELS - K, None) if fusion == 'last' else slice(0, K)
+    assert out.shape == x.shape
+    assert torch.equal(out[:, passthrough], x[:, passthrough]), 'channels outside the fused k must be bit-identical'
+    torch.testing.assert_close(out[:, fused], expected[:, fused], rtol=0, atol=1e-6)
+    assert not torch.equal(out[:, fused], x[:, fused]), 'the fused channels must change'
+
+
+def test_inference_adds_in_place_training_does_not() -> None:
+    block = make_block()
+    x = torch.randn(2, CHANNELS, 4, 4)
+    with torch.no_grad():
+        out = block(x)
+    assert out.data_ptr() == x.data_ptr(), 'no-grad inference must add into the input, not copy it'
+
+    x = torch.randn(2, CHANNELS, 4, 4)
+    original = x.clone()
+    out = block.train()(x)
+    assert out.data_ptr() != x.data_ptr()
+    assert torch.equal(x, original), 'with grad enabled the input must be left untouched'
+
+
+def test_in_place_is_skipped_when_the_input_needs_its_history() -> None:
+    x = torch.randn(1, 4, 2, 2, requires_grad=True)
+    with torch.no_grad():
+        out = fuse_channels(x, torch.ones(1, 2, 2, 2))
+    assert out.data_ptr() != x.data_ptr()
+
+
+def test_scores_in_slot_order_and_indices_follow_a_forced_selector() -> None:
+    block = make_block()
+    preferred = torch.tensor([5, 30, 1, 17, 9, 22, 12, 3])
+    with torch.no_grad():
+        block.selector.fc1.weight.fill_(0.0)
+        block.selector.fc1.weight[0].fill_(1.0 / CHANNELS)  # hidden unit 0 = mean activation = 1
+        block.selector.fc2.weight.fill_(-1.0)
+        block.selector.fc2.weight[preferred, 0] = torch.linspace(4.0, 2.0, K)
+    x = torch.ones(2, CHANNELS, 3, 3)
+    indices, scores = block.route(x)
+    assert indices.tolist() == [preferred.tolist()] * 2
+    assert torch.all(scores[:, :-1] >= scores[:, 1:])
+
+
+def test_gradients_reach_the_selector_and_slim_block() -> None:
+    block = make_block().train()
+    out = block(torch.randn(2, CHANNELS, 4, 4))
+    out.square().mean().backward()
+    for name, param in block.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f'no gradient for {name}'
+
+
+def test_training_path_gradients_are_exact() -> None:
+    block = make_block().double().train()
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()  # deterministic function of the input for gradcheck
+    x = torch.randn(2, CHANNELS, 3, 3, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_random_routing_has_no_selector_and_is_reproducible() -> None:
+    block = make_block(routing='random')
+    assert block.selector is None
+    assert not any('selector' in name for name, _ in block.named_parameters())
+    x = torch.randn(4, CHANNELS, 3, 3)
+    torch.manual_seed(123)
+    first = block(x.clone())
+    torch.manual_seed(123)
+    second = block(x.clone())
+    torch.manual_seed(124)
+    third = block(x.clone())
+    assert torch.equal(first, second)
+    assert not torch.equal(first, third)
+
+
+def test_random_routing_is_uniform_distinct_and_unscaled() -> None:
+    block = make_block(routing='random')
+    x = torch.randn(4000, CHANNELS, 1, 1)
+    torch.manual_seed(0)
+    indices, scores = block.route(x)
+    assert scores is None
+    assert indices.shape == (4000, K)
+    assert all(len(set(row)) == K for row in indices.tolist()), 'channels must be distinct within a sample'
+    frequency = torch.bincount(indices.flatten(), minlength=CHANNELS).float() / indices.numel()
+    torch.testing.assert_close(frequency, torch.full((CHANNELS,), 1 / CHANNELS), rtol=0.1, atol=0)
+
+    with torch.no_grad():
+        torch.manual_seed(0)
+        idx, _ = block.route(x[:2])
+        torch.manual_seed(0)
+        out = block(x[:2].clone())
+        expected = x[:2, :K] + block.block(torch.stack([x[b, idx[b]] for b in range(2)]))
+    torch.testing.assert_close(out[:, :K], expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('block_cls', [BasicBlock, Bottleneck, InvertedResidual])
+def test_wraps_timm_blocks_unmodified(block_cls) -> None:
+    block = make_block(block_cls=block_cls)
+    assert type(block.block) is block_cls
+    x = torch.randn(2, CHANNELS, 5, 5)
+    assert block.train()(x).shape == x.shape
+
+
+def test_selector_is_bias_free_se_shape() -> None:
+    selector = ChannelSelector(1024, r=16)
+    assert [tuple(p.shape) for p in selector.parameters()] == [(64, 1024), (1024, 64)]
+    scores = selector(torch.randn(2, 1024, 3, 3))
+    assert scores.shape == (2, 1024) and scores.min() > 0 and scores.max() < 1
+
+
+def test_compile_fullgraph_and_export_match_eager() -> None:
+    block = make_block()
+    x = torch.randn(2, CHANNELS, 6, 6)
+    with torch.no_grad():
+        expected = block(x.clone())
+        compiled = torch.compile(block, fullgraph=True)
+        torch.testing.assert_close(compiled(x.clone()), expected, rtol=1e-5, atol=1e-5)
+        exported = torch.export.export(block, (x.clone(),))
+        torch.testing.assert_close(exported.module()(x.clone()), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_shapes_do_not_depend_on_data() -> None:
+    block = make_block()
+    graph = torch.export.export(block, (torch.randn(2, CHANNELS, 6, 6),)).graph
+    data_dependent = {'aten.nonzero.default', 'aten.item.default', 'aten._local_scalar_dense.default'}
+    assert data_dependent.isdisjoint(str(node.target) for node in graph.nodes)
+    for x in (torch.zeros(2, CHANNELS, 6, 6), torch.randn(2, CHANNELS, 6, 6) * 100):
+        with torch.no_grad():
+            assert block(x).shape == (2, CHANNELS, 6, 6)
+
+
+@pytest.mark.parametrize('c, message', [(0, 'positive integer'), (2.5, 'positive integer'), (64, 'choose c <= 32')])
+def test_invalid_c_is_a_clear_error(c, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        mod_width(CHANNELS, c)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(fusion='middle'), "fusion 'middle'"),
+    (dict(routing='greedy'), "routing 'greedy'"),
+    (dict(r=0), 'reduction r'),
+])
+def test_invalid_options_are_clear_errors(kwargs, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MoDBlock(CHANNELS, lambda k: BasicBlock(k, k), c=C_DIVISOR, **kwargs)
+
+
+def test_every_second_block_of_a_stage_becomes_mod() -> None:
+    stage = nn.Sequential(*[BasicBlock(CHANNELS, CHANNELS) for _ in range(5)])
+    dense = list(stage)
+    mod_every_second_block(stage, CHANNELS, lambda block, k: BasicBlock(k, k), c=C_DIVISOR)
+    assert [isinstance(b, MoDBlock) for b in stage] == [False, True, False, True, False]
+    assert [stage[i] is dense[i] for i in (0, 2, 4)] == [True] * 3

@@ -1,0 +1,219 @@
+""" CNN Mixture-of-Depths (MoD) adapter
+
+Paper: `CNN Mixture-of-Depths` - https://arxiv.org/abs/2409.17016 (Cakaj, Mehnert, Yang, ACCV 2024)
+
+A MoD block scores the C channels of its input, gathers the top k = C // c of them, runs them through a
+slim copy of the block it replaces (the same timm block class, built at width k), scales the result by
+the scores and adds it to the first (or last) k channels; the other channels pass through untouched.
+Every tensor shape depends only on the input shape, so the graph is static: no custom kernels, and
+TorchScript, FX, `torch.compile(fullgraph=True)`, `torch.export` and ONNX all see one graph.
+
+The adapter knows nothing about model families. A family says where MoD goes and how to build its slim
+block (`SlimBlockFn`); `mod_every_second_block` does the rest.
+"""
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from timm.layers import register_notrace_function
+
+__all__ = [
+    'FUSION_TARGETS', 'ROUTING_MODES', 'SlimBlockFn',
+    'ChannelSelector', 'MoDBlock', 'mod_width', 'gather_channels', 'random_channel_indices', 'fuse_channels',
+    'mod_every_second_block',
+]
+
+FUSION_TARGETS = ('first', 'last')
+ROUTING_MODES = ('learned', 'random')
+
+SlimBlockFn = Callable[[nn.Module, int], nn.Module]
+""" Builds the slim block for MoD: (the dense block being replaced, width k) -> block mapping k to k channels."""
+
+
+def mod_width(channels: int, c: int) -> int:
+    """ Number of channels a MoD block processes, k = floor(C / c), validated so a bad c fails early."""
+    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+        raise ValueError(f'MoD channel divisor c must be a positive integer, got c={c!r}.')
+    k = channels // c
+    if k < 1:
+        raise ValueError(
+            f'MoD with c={c} leaves k = floor({channels} / {c}) = 0 channels for a block with {channels} input '
+            f'channels; choose c <= {channels}.')
+    return k
+
+
+class ChannelSelector(nn.Module):
+    """ Scores every channel of a feature map in (0, 1).
+
+    Squeeze-and-excitation shaped (pool -> FC -> ReLU -> FC -> sigmoid) but bias-free: the bias-free layers
+    are what reproduces the paper's parameter counts to the published digit (SPEC.md section 1). It returns
+    the scores instead of rescaling the input, since MoD uses them to pick and to weight channels.
+    """
+
+    def __init__(
+            self,
+            channels: int,
+            r: int = 16,
+            device=None,
+            dtype=None,
+    ) -> None:
+        """
+        Args:
+            channels: Number of input channels C.
+            r: Reduction of the hidden layer, C // r units (at least one).
+        """
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(f'MoD selector reduction r must be a positive integer, got r={r!r}.')
+        hidden = max(1, channels // r)
+        self.fc1 = nn.Linear(channels, hidden, bias=False, **dd)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(hidden, channels, bias=False, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3))))))
+
+
+@register_notrace_function
+def gather_channels(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """ Per-sample channel gather: (B, C, H, W) at indices (B, k) -> (B, k, H, W), in index order."""
+    index = indices[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+    return torch.gather(x, 1, index)
+
+
+@register_notrace_function
+def random_channel_indices(x: torch.Tensor, k: int) -> torch.Tensor:
+    """ k distinct channels per sample, uniform over all subsets (the top-k of i.i.d. uniform noise)."""
+    noise = torch.rand(x.shape[0], x.shape[1], device=x.device)
+    return noise.topk(k, dim=1).indices
+
+
+@register_notrace_function
+def fuse_channels(x: torch.Tensor, update: torch.Tensor, into_last: bool = False) -> torch.Tensor:
+    """ Add `update` (B, k, H, W) to the first (or last) k channels of `x`; the other channels pass through.
+
+    When nothing needs the history of `x` (no grad mode and `x` does not require grad) the add happens in
+    place, so inference never copies the full feature map; like `nn.ReLU(inplace=True)` this overwrites the
+    input. Otherwise the result is a new tensor and autograd sees an ordinary add and concat.
+    """
+    k = update.shape[1]
+    update = update.to(x.dtype)
+    if not torch.is_grad_enabled() and not x.requires_grad:
+        target = x.narrow(1, x.shape[1] - k, k) if into_last else x.narrow(1, 0, k)
+        target.add_(update)
+        return x
+    if into_last:
+        head, tail = x.split([x.shape[1] - k, k], dim=1)
+        return torch.cat([head, tail + update], dim=1)
+    head, tail = x.split([k, x.shape[1] - k], dim=1)
+    return torch.cat([head + update, tail], dim=1)
+
+
+class MoDBlock(nn.Module):
+    """ Mixture-of-Depths block: a slim block processes the k top-scored channels, fused into k fixed ones.
+
+    out[:, :k] = x[:, :k] + scores[:k] * slim_block(x[:, top_k])   (fusion 'first'; 'last' uses the last k)
+    out[:, k:] = x[:, k:]
+    """
+
+    def __init__(
+            self,
+            in_channels: int,
+            make_block: Callable[[int], nn.Module],
+            c: int,
+            r: int = 16,
+            fusion: str = 'first',
+            routing: str = 'learned',
+            drop_path: Optional[nn.Module] = None,
+            device=None,
+            dtype=None,
+    ) -> None:
+        """
+        Args:
+            in_channels: Channels C of the feature map (MoD blocks keep C in and out).
+            make_block: Builds the slim block for width k; it must map k channels to k channels.
+            c: Channel divisor, the block processes k = C // c channels.
+            r: Reduction of the channel selector's hidden layer.
+            fusion: 'first' adds the processed channels to the first k channels (the paper's MoD),
+                'last' to the last k (the paper's MoD-lk variant).
+            routing: 'learned' scores channels with a selector; 'random' draws k channels uniformly per
+                sample with scores fixed at 1 and has no selector (the paper's "MoD50 rand.").
+            drop_path: Stochastic depth on the block's update; the slim block gets none of its own, so
+                a drop removes the whole MoD contribution as it would remove a dense block's.
+        """
+        super().__init__()
+        if fusion not in FUSION_TARGETS:
+            raise ValueError(f'Unknown MoD fusion {fusion!r}; choose one of {FUSION_TARGETS}.')
+        if routing not in ROUTING_MODES:
+            raise ValueError(f'Unknown MoD routing {routing!r}; choose one of {ROUTING_MODES}.')
+        self.in_channels = in_channels
+        self.c = c
+        self.k = mod_width(in_channels, c)
+        self.fuse_last = fusion == 'last'
+        self.selector = ChannelSelector(in_channels, r, device=device, dtype=dtype) if routing == 'learned' else None
+        self.block = make_block(self.k)
+        self.drop_path = drop_path if drop_path is not None else nn.Identity()
+
+    @property
+    def fusion(self) -> str:
+        return 'last' if self.fuse_last else 'first'
+
+    @property
+    def routing(self) -> str:
+        return 'random' if self.selector is None else 'learned'
+
+    def route(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """ Channel indices (B, k) to process, highest score first, and their scores (None when random)."""
+        if self.selector is None:
+            return random_channel_indices(x, self.k), None
+        scores, indices = self.selector(x).topk(self.k, dim=1)
+        return indices, scores
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        indices, scores = self.route(x)
+        update = self.block(gather_channels(x, indices))
+        if scores is not None:
+            update = update * scores[:, :, None, None].to(update.dtype)
+        return fuse_channels(x, self.drop_path(update), self.fuse_last)
+
+    def extra_repr(self) -> str:
+        return f'in_channels={self.in_channels}, c={self.c}, k={self.k}, fusion={self.fusion}, routing={self.routing}'
+
+
+def mod_every_second_block(
+        stage: nn.Sequential,
+        channels: int,
+        make_slim_block: SlimBlockFn,
+        c: int,
+        r: int = 16,
+        fusion: str = 'first',
+        routing: str = 'learned',
+        device=None,
+        dtype=None,
+) -> None:
+    """ Replace the blocks at the odd indices of a stage (the paper's placement) with MoD blocks, in place.
+
+    The first block of a stage changes resolution and width, so it stays dense; after it dense and MoD
+    blocks alternate. Each MoD block takes over the stochastic-depth module of the block it replaces.
+
+    Args:
+        stage: The stage's blocks; every block at an odd index must keep `channels` in and out.
+        channels: Channels C inside the stage.
+        make_slim_block: Builds the slim block from the dense block it replaces and the width k.
+        c, r, fusion, routing: See `MoDBlock`.
+    """
+    for index in range(1, len(stage), 2):
+        dense = stage[index]
+        stage[index] = MoDBlock(
+            channels,
+            lambda width, dense=dense: make_slim_block(dense, width),
+            c=c,
+            r=r,
+            fusion=fusion,
+            routing=routing,
+            drop_path=getattr(dense, 'drop_path', None),
+            device=device,
+            dtype=dtype,
+        )

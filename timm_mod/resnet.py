@@ -1,0 +1,227 @@
+""" ResNet-MoD: timm's ResNet with a Mixture-of-Depths block at every second position of each stage
+
+Paper: `CNN Mixture-of-Depths` - https://arxiv.org/abs/2409.17016 (Tables 1, 2, 7, 8)
+
+The dense blocks, the stem, the head and the whole model API are timm's `ResNet`; the MoD blocks wrap
+timm's own `BasicBlock` / `Bottleneck` built at width k. The module is named after timm's `resnet` so
+that timm's registry files these models with the ResNets they extend.
+"""
+from functools import partial
+from typing import Any, Dict, Optional, Tuple, Type, Union
+
+import torch.nn as nn
+from timm.layers import LayerType, get_act_layer, get_norm_layer, to_ntuple
+from timm.models import register_model, generate_default_cfgs
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from ._builder import build_mod_model, mod_cfg
+from .mod import mod_every_second_block
+
+__all__ = ['MoDResNet', 'slim_resnet_block']
+
+ResNetBlock = Union[Type[BasicBlock], Type[Bottleneck]]
+
+
+def slim_resnet_block(dense: nn.Module, width: int, **block_kwargs: Any) -> nn.Module:
+    """ The dense block's own class at width k: Bottleneck(k, k // 4) is 1x1 k -> k/4, 3x3, 1x1 k/4 -> k."""
+    block_cls = type(dense)
+    expansion = block_cls.expansion
+    if width % expansion:
+        raise ValueError(
+            f'MoD width k={width} is not a multiple of the {block_cls.__name__} expansion {expansion}, so a slim '
+            f'{block_cls.__name__} cannot map k channels to k; choose c so that every stage width // c is a '
+            f'multiple of {expansion} (the paper uses c=64).')
+    return block_cls(width, width // expansion, dilation=dense.dilation, **block_kwargs)
+
+
+class MoDResNet(ResNet):
+    """ ResNet whose blocks at odd indices of every stage are MoD blocks over slim copies of themselves."""
+
+    def __init__(
+            self,
+            block: Union[ResNetBlock, Tuple[ResNetBlock, ...]],
+            layers: Tuple[int, ...],
+            c: int = 64,
+            r: int = 16,
+            fusion: str = 'first',
+            routing: str = 'learned',
+            channels: Tuple[int, ...] = (64, 128, 256, 512),
+            cardinality: int = 1,
+            base_width: int = 64,
+            block_reduce_first: int = 1,
+            act_layer: LayerType = nn.ReLU,
+            norm_layer: LayerType = nn.BatchNorm2d,
+            aa_layer: Optional[Type[nn.Module]] = None,
+            zero_init_last: bool = True,
+            block_args: Optional[Dict[str, Any]] = None,
+            device=None,
+            dtype=None,
+            **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            block, layers, channels, cardinality, base_width, block_reduce_first, act_layer, norm_layer,
+                aa_layer, zero_init_last, block_args: As timm's `ResNet`; the slim blocks are built with them too.
+            c: Channel divisor; MoD blocks process k = C // c channels (64 in the paper).
+            r: Reduction of the channel selector (16 in the paper).
+            fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels.
+            routing: 'learned' (selector) or 'random' (MoD rand.).
+            **kwargs: The rest of timm's `ResNet` arguments (num_classes, in_chans, drop_path_rate, ...).
+        """
+        dd = {'device': device, 'dtype': dtype}
+        block_args = block_args or {}
+        super().__init__(
+            block=block,
+            layers=layers,
+            channels=channels,
+            cardinality=cardinality,
+            base_width=base_width,
+            block_reduce_first=block_reduce_first,
+            act_layer=act_layer,
+            norm_layer=norm_layer,
+            aa_layer=aa_layer,
+            zero_init_last=zero_init_last,
+            block_args=block_args,
+            **dd,
+            **kwargs,
+        )
+        make_slim_block = partial(
+            slim_resnet_block,
+            cardinality=cardinality,
+            base_width=base_width,
+            reduce_first=block_reduce_first,
+            act_layer=get_act_layer(act_layer),
+            norm_layer=get_norm_layer(norm_layer),
+            aa_layer=aa_layer,
+            **block_args,
+            **dd,
+        )
+        stage_blocks = to_ntuple(len(channels))(block)
+        for stage_index, (stage_block, planes) in enumerate(zip(stage_blocks, channels)):
+            mod_every_second_block(
+                getattr(self, f'layer{stage_index + 1}'),
+                planes * stage_block.expansion,
+                make_slim_block,
+                c=c,
+                r=r,
+                fusion=fusion,
+                routing=routing,
+                **dd,
+            )
+        self.init_weights(zero_init_last=zero_init_last)
+
+
+def _create_mod_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> MoDResNet:
+    return build_mod_model(MoDResNet, variant, pretrained, **kwargs)
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return mod_cfg(first_conv='conv1', classifier='fc', **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'resnet18_mod': _cfg(),
+    'resnet26_mod': _cfg(),
+    'resnet34_mod': _cfg(),
+    'resnet42_mod': _cfg(),
+    'resnet50_mod': _cfg(),
+    'resnet75_mod': _cfg(),
+    'resnet86_mod': _cfg(),
+    'resnet101_mod': _cfg(),
+    'resnet152_mod': _cfg(),
+    'resnet50_mod_rand': _cfg(),
+    'resnet50_mod_lk': _cfg(),
+    'resnet75_mod_lk': _cfg(),
+    'resnet86_mod_lk': _cfg(),
+})
+
+
+@register_model
+def resnet18_mod(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """ResNet18-MoD (paper Table 2)."""
+    model_args = dict(block=BasicBlock, layers=(2, 2, 2, 2), c=64)
+    return _create_mod_resnet('resnet18_mod', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet26_mod(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """ResNet26-MoD (paper Table 2)."""
+    model_args = dict(block=BasicBlock, layers=(2, 2, 3, 4), c=64)
+    return _create_mod_resnet('resnet26_mod', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet34_mod(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """ResNet34-MoD (paper Table 2)."""
+    model_args = dict(block=BasicBlock, layers=(3, 4, 6, 3), c=64)
+    return _create_mod_resnet('resnet34_mod', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet42_mod(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """ResNet42-MoD (paper Table 2)."""
+    model_args = dict(block=BasicBlock, layers=(3, 3, 6, 6), c=64)
+    return _create_mod_resnet('resnet42_mod', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet50_mod(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """ResNet50-MoD (paper Table 1)."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), c=64)
+    return _create_mod_resnet('resnet50_mod', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet75_mod(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """ResNet75-MoD (paper Table 1)."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 14, 3), c=64)
+    return _create_mod_resnet('resnet75_mod', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet86_mod(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """ResNet86-MoD (paper Table 1)."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 18, 3), c=64)
+    return _create_mod_resnet('resnet86_mod', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet101_mod(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """ResNet101-MoD (paper Table 1)."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 23, 3), c=64)
+    return _create_mod_resnet('resnet101_mod', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet152_mod(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """ResNet152-MoD (paper Table 1)."""
+    model_args = dict(block=Bottleneck, layers=(3, 8, 36, 3), c=64)
+    return _create_mod_resnet('resnet152_mod', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet50_mod_rand(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """ResNet50-MoD with random routing, no selector ("MoD50 rand.", paper Table 1)."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), c=64, routing='random')
+    return _create_mod_resnet('resnet50_mod_rand', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet50_mod_lk(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """ResNet50-MoD fusing into the last k channels ("R50-MoD-lk", paper Table 8)."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), c=64, fusion='last')
+    return _create_mod_resnet('resnet50_mod_lk', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet75_mod_lk(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """ResNet75-MoD fusing into the last k channels ("R75-MoD-lk", paper Table 8)."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 14, 3), c=64, fusion='last')
+    return _create_mod_resnet('resnet75_mod_lk', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet86_mod_lk(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """ResNet86-MoD fusing into the last k channels ("R86-MoD-lk", paper Table 8)."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 18, 3), c=64, fusion='last')
+    return _create_mod_resnet('resnet86_mod_lk', pretrained, **dict(model_args, **kwargs))

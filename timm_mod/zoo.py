@@ -1,0 +1,136 @@
+""" The zoo as data: the paper's published rows (SPEC.md sections 3 and 4) and measured params / MACs.
+
+Params and MACs are measured on the meta device, so describing even ResNet152-MoD allocates no weights.
+MACs are `torch.utils.flop_counter` FLOPs / 2 (convolutions and matmuls only); the paper's counter also
+counts other layers, so MACs are compared as a ratio to the same counter's baseline.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .mod import MoDBlock
+
+__all__ = [
+    'PaperModel', 'PAPER_MODELS', 'PAPER_BASELINE_GMACS', 'ZooRow', 'ZOO_COLUMNS',
+    'count_params_and_macs', 'measure', 'describe_zoo', 'zoo_table_rows', 'format_table',
+]
+
+
+@dataclass(frozen=True)
+class PaperModel:
+    """ One model as the paper publishes it."""
+    paper_name: str
+    depths: Tuple[int, ...]
+    params: str  # millions, as printed, so the published precision is kept
+    gmacs: float
+    baseline: str  # timm model whose published GMACs make the ratio
+
+
+PAPER_BASELINE_GMACS: Dict[str, float] = {'resnet18': 1.82, 'resnet34': 3.68, 'resnet50': 4.13, 'resnet101': 7.80}
+
+PAPER_MODELS: Dict[str, PaperModel] = {
+    'resnet18_mod': PaperModel('ResNet18-MoD', (2, 2, 2, 2), '5.46', 0.89, 'resnet18'),
+    'resnet26_mod': PaperModel('ResNet26-MoD', (2, 2, 3, 4), '11.4', 1.36, 'resnet34'),
+    'resnet34_mod': PaperModel('ResNet34-MoD', (3, 4, 6, 3), '12.93', 2.06, 'resnet34'),
+    'resnet42_mod': PaperModel('ResNet42-MoD', (3, 3, 6, 6), '17.72', 2.29, 'resnet34'),
+    'resnet50_mod': PaperModel('ResNet50-MoD', (3, 4, 6, 3), '18.11', 2.60, 'resnet50'),
+    'resnet75_mod': PaperModel('ResNet75-MoD', (3, 4, 14, 3), '23.10', 3.48, 'resnet50'),
+    'resnet86_mod': PaperModel('ResNet86-MoD', (3, 4, 18, 3), '25.60', 3.92, 'resnet50'),
+    'resnet101_mod': PaperModel('ResNet101-MoD', (3, 4, 23, 3), '29.21', 4.58, 'resnet101'),
+    'resnet152_mod': PaperModel('ResNet152-MoD', (3, 8, 36, 3), '37.46', 6.34, 'resnet101'),
+    'resnet50_mod_rand': PaperModel('MoD50 rand.', (3, 4, 6, 3), '17.11', 2.59, 'resnet50'),
+    'resnet50_mod_lk': PaperModel('R50-MoD-lk', (3, 4, 6, 3), '18.11', 2.60, 'resnet50'),
+    'resnet75_mod_lk': PaperModel('R75-MoD-lk', (3, 4, 14, 3), '23.10', 3.48, 'resnet50'),
+    'resnet86_mod_lk': PaperModel('R86-MoD-lk', (3, 4, 18, 3), '25.60', 3.92, 'resnet50'),
+}
+
+
+def count_params_and_macs(model_name: str, **kwargs) -> Tuple[int, float]:
+    """ Parameter count and MACs of one image at the model's default input size, without allocating weights."""
+    return measure(timm.create_model(model_name, device='meta', **kwargs))
+
+
+def measure(model: torch.nn.Module) -> Tuple[int, float]:
+    """ Parameter count and MACs of one image at the model's default input size (any device, meta included)."""
+    model.eval()
+    device = next(model.parameters()).device
+    num_params = sum(p.numel() for p in model.parameters())
+    input_size = model.pretrained_cfg['input_size']
+    with FlopCounterMode(display=False) as counter:
+        model(torch.empty(1, *input_size, device=device))
+    return num_params, counter.get_total_flops() / 2
+
+
+@dataclass(frozen=True)
+class ZooRow:
+    """ One registered MoD model, measured, beside its published row when the paper has one."""
+    name: str
+    paper: Optional[PaperModel]
+    c: int
+    params: int
+    macs: float
+    mac_ratio: Optional[float]  # MACs relative to the paper's baseline, same counter
+
+    @property
+    def paper_mac_ratio(self) -> Optional[float]:
+        return None if self.paper is None else self.paper.gmacs / PAPER_BASELINE_GMACS[self.paper.baseline]
+
+
+def describe_zoo(pattern: str = '*_mod*') -> List[ZooRow]:
+    """ Every registered model matching `pattern` that has MoD blocks, measured."""
+    baseline_macs: Dict[str, float] = {}
+    rows = []
+    for name in timm.list_models(pattern):
+        model = timm.create_model(name, device='meta')
+        mod_blocks = [m for m in model.modules() if isinstance(m, MoDBlock)]
+        if not mod_blocks:
+            continue
+        params, macs = measure(model)
+        paper = PAPER_MODELS.get(name)
+        mac_ratio = None
+        if paper is not None:
+            if paper.baseline not in baseline_macs:
+                baseline_macs[paper.baseline] = count_params_and_macs(paper.baseline)[1]
+            mac_ratio = macs / baseline_macs[paper.baseline]
+        rows.append(ZooRow(name, paper, mod_blocks[0].c, params, macs, mac_ratio))
+    return rows
+
+
+ZOO_COLUMNS = ('model', 'paper name', 'depths', 'c', 'params (M)', 'paper params (M)', 'GMACs',
+               'MACs / baseline', 'paper MACs / baseline')
+
+
+def zoo_table_rows(rows: List[ZooRow]) -> List[Tuple[str, ...]]:
+    """ The zoo as strings, one tuple per model in `ZOO_COLUMNS` order ('-' where the paper has no row)."""
+    def ratio(value: Optional[float], baseline: Optional[str]) -> str:
+        return '-' if value is None else f'{value:.3f} ({baseline})'
+
+    table = []
+    for row in rows:
+        paper = row.paper
+        baseline = None if paper is None else paper.baseline
+        table.append((
+            row.name,
+            '-' if paper is None else paper.paper_name,
+            '-' if paper is None else ','.join(map(str, paper.depths)),
+            str(row.c),
+            f'{row.params / 1e6:.2f}',
+            '-' if paper is None else paper.params,
+            f'{row.macs / 1e9:.2f}',
+            ratio(row.mac_ratio, baseline),
+            ratio(row.paper_mac_ratio, baseline),
+        ))
+    return table
+
+
+def format_table(header: Tuple[str, ...], rows: List[Tuple[str, ...]], markdown: bool = False) -> str:
+    """ Left-aligned text columns, or a Markdown table for README.md."""
+    if markdown:
+        lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+        return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in rows])
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    return '\n'.join('  '.join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in [header, *rows])
