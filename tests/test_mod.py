@@ -107,36 +107,51 @@ def test_training_path_gradients_are_exact() -> None:
     assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-5)
 
 
-def test_random_routing_has_no_selector_and_is_reproducible() -> None:
-    block = make_block(routing='random')
+def test_random_routing_has_no_selector_and_training_is_reproducible() -> None:
+    block = make_block(routing='random').train()
     assert block.selector is None
     assert not any('selector' in name for name, _ in block.named_parameters())
     x = torch.randn(4, CHANNELS, 3, 3)
     torch.manual_seed(123)
-    first = block(x.clone())
+    first = block(x)
     torch.manual_seed(123)
-    second = block(x.clone())
+    second = block(x)
     torch.manual_seed(124)
-    third = block(x.clone())
+    third = block(x)
     assert torch.equal(first, second)
     assert not torch.equal(first, third)
 
 
-def test_random_routing_is_uniform_distinct_and_unscaled() -> None:
+def test_random_routing_in_eval_is_repeatable_per_sample() -> None:
     block = make_block(routing='random')
-    x = torch.randn(4000, CHANNELS, 1, 1)
+    x = torch.randn(6, CHANNELS, 3, 3)
+    torch.manual_seed(1)
+    indices, _ = block.route(x)
+    torch.manual_seed(2)
+    assert torch.equal(block.route(x)[0], indices), 'eval routing must not depend on the RNG state'
+    assert torch.equal(block.route(x[3:4])[0], indices[3:4]), 'a sample must not depend on its batch'
+    assert len({tuple(row) for row in indices.tolist()}) == 6, 'different samples take different channels'
+
+
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_random_routing_is_uniform_distinct_and_unscaled(training: bool) -> None:
+    block = make_block(routing='random').train(training)
     torch.manual_seed(0)
+    x = torch.randn(4000, CHANNELS, 2, 2)
     indices, scores = block.route(x)
     assert scores is None
     assert indices.shape == (4000, K)
     assert all(len(set(row)) == K for row in indices.tolist()), 'channels must be distinct within a sample'
     frequency = torch.bincount(indices.flatten(), minlength=CHANNELS).float() / indices.numel()
     torch.testing.assert_close(frequency, torch.full((CHANNELS,), 1 / CHANNELS), rtol=0.1, atol=0)
+    selected = torch.zeros(4000, CHANNELS).scatter_(1, indices, 1.0)
+    pair_frequency = (selected.T @ selected / 4000)[~torch.eye(CHANNELS, dtype=torch.bool)]
+    expected_pair = K / CHANNELS * (K - 1) / (CHANNELS - 1)
+    torch.testing.assert_close(pair_frequency, torch.full_like(pair_frequency, expected_pair), rtol=0.35, atol=0)
 
+    block.eval()
     with torch.no_grad():
-        torch.manual_seed(0)
         idx, _ = block.route(x[:2])
-        torch.manual_seed(0)
         out = block(x[:2].clone())
         expected = x[:2, :K] + block.block(torch.stack([x[b, idx[b]] for b in range(2)]))
     torch.testing.assert_close(out[:, :K], expected, rtol=0, atol=1e-6)

@@ -20,7 +20,8 @@ from timm.layers import register_notrace_function
 
 __all__ = [
     'FUSION_TARGETS', 'ROUTING_MODES', 'SlimBlockFn',
-    'ChannelSelector', 'MoDBlock', 'mod_width', 'gather_channels', 'random_channel_indices', 'fuse_channels',
+    'ChannelSelector', 'MoDBlock', 'mod_width', 'gather_channels', 'hashed_channel_noise', 'random_channel_indices',
+    'fuse_channels',
     'mod_every_second_block',
 ]
 
@@ -84,10 +85,34 @@ def gather_channels(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 
 
 @register_notrace_function
-def random_channel_indices(x: torch.Tensor, k: int) -> torch.Tensor:
-    """ k distinct channels per sample, uniform over all subsets (the top-k of i.i.d. uniform noise)."""
-    noise = torch.rand(x.shape[0], x.shape[1], device=x.device)
-    return noise.topk(k, dim=1).indices
+def hashed_channel_noise(x: torch.Tensor) -> torch.Tensor:
+    """ Pseudo-random integer scores (B, C), a fixed function of each sample's values.
+
+    A key from the sample's sum is mixed with the channel index by two rounds of squaring modulo a
+    prime: the same sample always gets the same scores, different samples get unrelated ones (as a
+    function of the values, the draw may change with numerical precision). Integer ops only, so the
+    graph stays static and exportable.
+    """
+    prime = 2147483647  # 2**31 - 1: squares of residues stay inside int64
+    key = (x.detach().float().sum((1, 2, 3)).abs() * 2 ** 20).long() % prime
+    channel = torch.arange(x.shape[1], device=x.device)
+    scores = (key[:, None] * 48271 + channel * 69621 + 1) % prime
+    scores = (scores * scores + 12345) % prime
+    return (scores * scores + 12345) % prime
+
+
+@register_notrace_function
+def random_channel_indices(x: torch.Tensor, k: int, training: bool = True) -> torch.Tensor:
+    """ k distinct channels per sample, uniform over all subsets (the top-k of i.i.d. noise).
+
+    Training draws from torch's RNG (reproducible under `torch.manual_seed`); eval mode uses
+    `hashed_channel_noise`, so inference is repeatable like any timm model's while each image
+    still takes its own random-looking channels.
+    """
+    if training:
+        noise = torch.rand(x.shape[0], x.shape[1], device=x.device)
+        return noise.topk(k, dim=1).indices
+    return hashed_channel_noise(x).topk(k, dim=1).indices
 
 
 @register_notrace_function
@@ -139,7 +164,8 @@ class MoDBlock(nn.Module):
             fusion: 'first' adds the processed channels to the first k channels (the paper's MoD),
                 'last' to the last k (the paper's MoD-lk variant).
             routing: 'learned' scores channels with a selector; 'random' draws k channels uniformly per
-                sample with scores fixed at 1 and has no selector (the paper's "MoD50 rand.").
+                sample with scores fixed at 1 and has no selector (the paper's "MoD50 rand."); in eval
+                mode the draw is a fixed function of the sample (see `random_channel_indices`).
             drop_path: Stochastic depth on the block's update; the slim block gets none of its own, so
                 a drop removes the whole MoD contribution as it would remove a dense block's.
         """
@@ -167,7 +193,7 @@ class MoDBlock(nn.Module):
     def route(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """ Channel indices (B, k) to process, highest score first, and their scores (None when random)."""
         if self.selector is None:
-            return random_channel_indices(x, self.k), None
+            return random_channel_indices(x, self.k, self.training), None
         scores, indices = self.selector(x).topk(self.k, dim=1)
         return indices, scores
 
