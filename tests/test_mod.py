@@ -212,6 +212,6 @@ def test_invalid_options_are_clear_errors(kwargs, message: str) -> None:
 def test_every_second_block_of_a_stage_becomes_mod() -> None:
     stage = nn.Sequential(*[BasicBlock(CHANNELS, CHANNELS) for _ in range(5)])
     dense = list(stage)
-    mod_every_second_block(stage, CHANNELS, lambda block, k: BasicBlock(k, k), c=C_DIVISOR)
+    mod_every_second_block(stage, lambda block, k: BasicBlock(k, k), c=C_DIVISOR)
     assert [isinstance(b, MoDBlock) for b in stage] == [False, True, False, True, False]
     assert [stage[i] is dense[i] for i in (0, 2, 4)] == [True] * 3

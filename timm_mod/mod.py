@@ -22,7 +22,7 @@ __all__ = [
     'FUSION_TARGETS', 'ROUTING_MODES', 'SlimBlockFn',
     'ChannelSelector', 'MoDBlock', 'mod_width', 'gather_channels', 'hashed_channel_noise', 'random_channel_indices',
     'fuse_channels',
-    'mod_every_second_block',
+    'block_in_channels', 'mod_every_second_block',
 ]
 
 FUSION_TARGETS = ('first', 'last')
@@ -208,9 +208,16 @@ class MoDBlock(nn.Module):
         return f'in_channels={self.in_channels}, c={self.c}, k={self.k}, fusion={self.fusion}, routing={self.routing}'
 
 
+def block_in_channels(block: nn.Module) -> int:
+    """ Input width of a conv block: the in_channels of its first convolution (timm registers it first)."""
+    first_conv = next((m for m in block.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is None:
+        raise TypeError(f'{type(block).__name__} has no convolution, so MoD cannot tell its width.')
+    return first_conv.in_channels
+
+
 def mod_every_second_block(
         stage: nn.Sequential,
-        channels: int,
         make_slim_block: SlimBlockFn,
         c: int,
         r: int = 16,
@@ -225,15 +232,14 @@ def mod_every_second_block(
     blocks alternate. Each MoD block takes over the stochastic-depth module of the block it replaces.
 
     Args:
-        stage: The stage's blocks; every block at an odd index must keep `channels` in and out.
-        channels: Channels C inside the stage.
+        stage: The stage's blocks; every block at an odd index must keep its width from input to output.
         make_slim_block: Builds the slim block from the dense block it replaces and the width k.
         c, r, fusion, routing: See `MoDBlock`.
     """
     for index in range(1, len(stage), 2):
         dense = stage[index]
         stage[index] = MoDBlock(
-            channels,
+            block_in_channels(dense),
             lambda width, dense=dense: make_slim_block(dense, width),
             c=c,
             r=r,

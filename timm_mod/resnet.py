@@ -10,7 +10,7 @@ from functools import partial
 from typing import Any, Dict, Optional, Tuple, Type, Union
 
 import torch.nn as nn
-from timm.layers import LayerType, get_act_layer, get_norm_layer, to_ntuple
+from timm.layers import LayerType, get_act_layer, get_norm_layer
 from timm.models import register_model, generate_default_cfgs
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -96,11 +96,9 @@ class MoDResNet(ResNet):
             **block_args,
             **dd,
         )
-        stage_blocks = to_ntuple(len(channels))(block)
-        for stage_index, (stage_block, planes) in enumerate(zip(stage_blocks, channels)):
+        for stage_index in range(len(channels)):
             mod_every_second_block(
                 getattr(self, f'layer{stage_index + 1}'),
-                planes * stage_block.expansion,
                 make_slim_block,
                 c=c,
                 r=r,

@@ -29,7 +29,9 @@ class PaperModel:
     baseline: str  # timm model whose published GMACs make the ratio
 
 
-PAPER_BASELINE_GMACS: Dict[str, float] = {'resnet18': 1.82, 'resnet34': 3.68, 'resnet50': 4.13, 'resnet101': 7.80}
+PAPER_BASELINE_GMACS: Dict[str, float] = {
+    'resnet18': 1.82, 'resnet34': 3.68, 'resnet50': 4.13, 'resnet101': 7.80, 'mobilenetv2_100': 0.32036,
+}
 
 PAPER_MODELS: Dict[str, PaperModel] = {
     'resnet18_mod': PaperModel('ResNet18-MoD', (2, 2, 2, 2), '5.46', 0.89, 'resnet18'),
@@ -45,6 +47,8 @@ PAPER_MODELS: Dict[str, PaperModel] = {
     'resnet50_mod_lk': PaperModel('R50-MoD-lk', (3, 4, 6, 3), '18.11', 2.60, 'resnet50'),
     'resnet75_mod_lk': PaperModel('R75-MoD-lk', (3, 4, 14, 3), '23.10', 3.48, 'resnet50'),
     'resnet86_mod_lk': PaperModel('R86-MoD-lk', (3, 4, 18, 3), '25.60', 3.92, 'resnet50'),
+    'mobilenetv2_mod': PaperModel('MobileNetV2-MoD', (1, 2, 3, 4, 3, 3, 1), '2.94', 0.22056, 'mobilenetv2_100'),
+    'mobilenetv2_mod_l': PaperModel('MobileNetV2-MoD-L', (1, 2, 3, 4, 3, 3, 1), '3.34', 0.34476, 'mobilenetv2_100'),
 }
 
 
@@ -119,7 +123,7 @@ def zoo_table_rows(rows: List[ZooRow]) -> List[Tuple[str, ...]]:
             str(row.c),
             f'{row.params / 1e6:.2f}',
             '-' if paper is None else paper.params,
-            f'{row.macs / 1e9:.2f}',
+            f'{row.macs / 1e9:.3f}',
             ratio(row.mac_ratio, baseline),
             ratio(row.paper_mac_ratio, baseline),
         ))
