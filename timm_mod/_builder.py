@@ -40,7 +40,17 @@ def build_mod_model(
         pretrained: bool = False,
         **kwargs: Any,
 ) -> ModelT:
-    """ `build_model_with_cfg`, refusing `pretrained=True` without a weight source instead of warning."""
-    if pretrained:
-        require_weight_source(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-    return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    """ `build_model_with_cfg`, with clear errors for a missing weight source and for weights that do not fit."""
+    if not pretrained:
+        return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    require_weight_source(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    try:
+        return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    except RuntimeError as error:
+        if 'Error(s) in loading state_dict' not in str(error):
+            raise
+        source = (kwargs.get('pretrained_cfg_overlay') or {}).get('file') or 'the pretrained source'
+        raise RuntimeError(
+            f'The weights in {source} do not fit {variant!r}: they come from another architecture or other model '
+            f'arguments (c, r, num_classes, ...). Create the model the checkpoint was trained as. '
+            f'PyTorch says: {str(error)[:600]}') from error

@@ -57,12 +57,12 @@ def count_params_and_macs(model_name: str, **kwargs) -> Tuple[int, float]:
     return measure(timm.create_model(model_name, device='meta', **kwargs))
 
 
-def measure(model: torch.nn.Module) -> Tuple[int, float]:
-    """ Parameter count and MACs of one image at the model's default input size (any device, meta included)."""
+def measure(model: torch.nn.Module, input_size: Optional[Tuple[int, ...]] = None) -> Tuple[int, float]:
+    """ Parameter count and MACs of one image (default: the model's input size), on any device, meta included."""
     model.eval()
     device = next(model.parameters()).device
     num_params = sum(p.numel() for p in model.parameters())
-    input_size = model.pretrained_cfg['input_size']
+    input_size = input_size or model.pretrained_cfg['input_size']
     with FlopCounterMode(display=False) as counter:
         model(torch.empty(1, *input_size, device=device))
     return num_params, counter.get_total_flops() / 2
