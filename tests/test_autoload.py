@@ -32,11 +32,12 @@ def test_environment_variable_turns_registration_off() -> None:
     assert run_probe(TIMM_MOD_AUTOREGISTER='0') == ['False', 'False', 'False', 'False', 'False']
 
 
-def test_wheel_installs_the_start_up_hook_and_the_arg_files(tmp_path: Path) -> None:
+def test_wheel_installs_the_start_up_hook_arg_files_and_card_template(tmp_path: Path) -> None:
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--quiet', '--no-deps', str(ROOT), '-w', str(tmp_path)],
                    check=True)
     (wheel,) = tmp_path.glob('timm_mod-*.whl')
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {'timm_mod_autoload.pth', 'timm_mod_autoload.py', 'timm_mod/__init__.py',
-            'timm_mod/train_args/quickstart.yaml', 'timm_mod/train_args/resnet_mod_imagenet.yaml'} <= names
+            'timm_mod/train_args/quickstart.yaml', 'timm_mod/train_args/resnet_mod_imagenet.yaml',
+            'timm_mod/hub_cards/model_card.md'} <= names
     assert zipfile.ZipFile(wheel).read('timm_mod_autoload.pth').decode().strip() == 'import timm_mod_autoload'

@@ -1,6 +1,7 @@
 """ Model building shared by the MoD families: timm's builder, plus a clear stop for missing weights."""
-from typing import Any, Dict, Optional, Type, TypeVar
+from typing import Any, Dict, List, Optional, Set, Type, TypeVar
 
+import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 from timm.models._builder import _resolve_pretrained_source
@@ -21,6 +22,24 @@ def mod_cfg(**kwargs: Any) -> Dict[str, Any]:
     }
 
 
+# Published weights, 'model.tag' -> Hugging Face Hub repo id. Only real, uploaded weights belong here:
+# each entry becomes a pretrained tag (timm.list_pretrained, create_model('resnet75_mod.in1k', pretrained=True)).
+PUBLISHED_WEIGHTS: Dict[str, str] = {}
+
+
+def mod_default_cfgs(
+        cfgs: Dict[str, Dict[str, Any]],
+        published: Optional[Dict[str, str]] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """ The untagged cfg of every model, plus one tagged cfg with its Hub id per published weight set."""
+    published = PUBLISHED_WEIGHTS if published is None else published
+    tagged = {
+        name_tag: dict(cfgs[name_tag.split('.')[0]], hf_hub_id=hub_id)
+        for name_tag, hub_id in published.items() if name_tag.split('.')[0] in cfgs
+    }
+    return {**cfgs, **tagged}
+
+
 def require_weight_source(variant: str, pretrained_cfg: Optional[Dict], pretrained_cfg_overlay: Optional[Dict]) -> None:
     """ Fail before building when `pretrained=True` has nothing to load, saying how to give weights."""
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
@@ -32,6 +51,79 @@ def require_weight_source(variant: str, pretrained_cfg: Optional[Dict], pretrain
             f'pretrained_cfg_overlay=dict(file="path/to/model.safetensors or checkpoint.pth.tar")), '
             f'timm.create_model("local-dir:/path/to/folder", pretrained=True), '
             f'or timm.create_model("hf-hub:ORG/NAME", pretrained=True); or use pretrained=False for random init.')
+
+
+def describe_state_dict_mismatch(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> str:
+    """ What keeps `state_dict` from loading into `model`, in MoD terms ('' when it loads strictly).
+
+    Names MoD blocks whose width k differs (another c), selectors of another size (another r) or present
+    on one side only (learned vs random routing), blocks only one side has (another depth) and a
+    classifier of another size (num_classes).
+    """
+    from .mod import MoDBlock
+    expected = model.state_dict()
+    problems = []
+    for name, block in model.named_modules():
+        if not isinstance(block, MoDBlock):
+            continue
+        if len(problems) >= 3:
+            break
+        block_keys = [k for k in state_dict if k.startswith(f'{name}.')]
+        if not block_keys:
+            continue  # the whole block is missing: reported with the depth below
+        if not any(k.startswith(f'{name}.block.') for k in block_keys):
+            problems.append(f'{name} is a MoD block in the model, a dense block in the checkpoint: '
+                            f'a checkpoint of the plain model?')
+            continue
+        selector = f'{name}.selector.fc1.weight'
+        if selector in expected and selector in state_dict and state_dict[selector].shape[1] != block.in_channels:
+            problems.append(f'MoD block {name} sees {block.in_channels} channels in the model, '
+                            f'{state_dict[selector].shape[1]} in the checkpoint: another architecture')
+            continue
+        slim_weight = next(k for k in expected if k.startswith(f'{name}.block.') and expected[k].dim() == 4)
+        if slim_weight in state_dict and state_dict[slim_weight].shape[1] != block.k:
+            k_checkpoint = state_dict[slim_weight].shape[1]
+            problems.append(
+                f'MoD block {name} processes k={block.k} channels of {block.in_channels} (c={block.c}) but the '
+                f'checkpoint has k={k_checkpoint} (c={block.in_channels // k_checkpoint}): another c')
+        if (selector in expected) != (selector in state_dict):
+            routing = 'learned' if selector in state_dict else 'random'
+            problems.append(f'MoD block {name}: the checkpoint has {routing} routing, the model {block.routing}')
+        elif selector in expected and expected[selector].shape != state_dict[selector].shape:
+            problems.append(f'MoD block {name}: the selector is {tuple(state_dict[selector].shape)} in the checkpoint, '
+                            f'{tuple(expected[selector].shape)} in the model: another r')
+
+    def blocks(keys) -> Set[str]:
+        """ Module path up to the block index: 'layer3.7', 'blocks.2.1', 'conv1'."""
+        names = set()
+        for key in keys:
+            parts = key.split('.')
+            end = 1
+            while end < len(parts) - 1 and parts[end].isdigit():
+                end += 1
+            names.add('.'.join(parts[:end]))
+        return names
+
+    def natural(names: Set[str]) -> List[str]:
+        return sorted(names, key=lambda n: [int(p) if p.isdigit() else p for p in n.split('.')])
+
+    only_model = natural(blocks(expected) - blocks(state_dict))
+    only_checkpoint = natural(blocks(state_dict) - blocks(expected))
+    if only_model:
+        problems.append(f'the checkpoint lacks {", ".join(only_model[:6])}: a shallower or other architecture')
+    if only_checkpoint:
+        problems.append(f'the checkpoint has {", ".join(only_checkpoint[:6])} the model lacks: a deeper or other architecture')
+    classifier = model.pretrained_cfg.get('classifier')
+    weight = f'{classifier}.weight'
+    if weight in expected and weight in state_dict and expected[weight].shape != state_dict[weight].shape:
+        problems.append(f'the classifier has {state_dict[weight].shape[0]} classes in the checkpoint, '
+                        f'{expected[weight].shape[0]} in the model: pass num_classes={state_dict[weight].shape[0]}')
+    if not problems:
+        shapes = [k for k in expected if k in state_dict and expected[k].shape != state_dict[k].shape]
+        if shapes:
+            problems.append(f'{len(shapes)} tensors differ in shape, first {shapes[0]}: '
+                            f'{tuple(state_dict[shapes[0]].shape)} in the checkpoint, {tuple(expected[shapes[0]].shape)} in the model')
+    return '; '.join(problems)
 
 
 def build_mod_model(
@@ -49,8 +141,27 @@ def build_mod_model(
     except RuntimeError as error:
         if 'Error(s) in loading state_dict' not in str(error):
             raise
-        source = (kwargs.get('pretrained_cfg_overlay') or {}).get('file') or 'the pretrained source'
+        location, state_dict = _pretrained_state_dict(variant, kwargs)
+        model = build_model_with_cfg(model_cls, variant, False, **kwargs)
+        detail = describe_state_dict_mismatch(model, state_dict) if isinstance(model, nn.Module) else ''
         raise RuntimeError(
-            f'The weights in {source} do not fit {variant!r}: they come from another architecture or other model '
-            f'arguments (c, r, num_classes, ...). Create the model the checkpoint was trained as. '
-            f'PyTorch says: {str(error)[:600]}') from error
+            f'The weights from {location} do not fit {variant!r}: '
+            f'{detail or str(error)[:600]}. Create the model the weights were trained as.') from error
+
+
+def _pretrained_state_dict(variant: str, kwargs: Dict[str, Any]):
+    """ The state dict timm tried to load (an error path only: the weights are read a second time)."""
+    from timm.models import load_state_dict
+    from timm.models._hub import load_state_dict_from_hf, load_state_dict_from_path
+    cfg = resolve_pretrained_cfg(
+        variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    load_from, location = _resolve_pretrained_source(cfg.to_dict())
+    if load_from == 'state_dict':
+        return 'the given state dict', location
+    if load_from == 'file':
+        return location, load_state_dict(location)
+    if load_from == 'local-dir':
+        return location, load_state_dict_from_path(location)
+    if isinstance(location, tuple):  # (hub id, file name)
+        return f'hf-hub:{location[0]}', load_state_dict_from_hf(*location)
+    return f'hf-hub:{location}', load_state_dict_from_hf(location)

@@ -4,6 +4,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from timm.utils import ParseKwargs
+
 __all__ = ['main', 'build_parser']
 
 
@@ -28,6 +30,24 @@ def _quickstart(args: argparse.Namespace) -> None:
         epochs=args.epochs,
     )
     print(format_results(results))
+
+
+def _publish(args: argparse.Namespace) -> None:
+    from .hub import publish
+    location = publish(
+        args.model,
+        args.checkpoint,
+        out_dir=args.out_dir,
+        repo_id=args.repo_id,
+        num_classes=args.num_classes,
+        use_ema=args.ema,
+        model_kwargs=args.model_kwargs,
+        results_file=args.results,
+        data_dir=args.data_dir,
+        dataset=args.dataset,
+        overwrite=args.overwrite,
+    )
+    print(location)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.add_argument('--epochs', type=int, default=None, help='override the arg file\'s epochs')
     quickstart.set_defaults(run=_quickstart)
 
+    publish = commands.add_parser(
+        'publish', help='a Hugging Face Hub folder (config.json, model.safetensors, README.md) from a checkpoint')
+    publish.add_argument('--model', required=True, help='registered model name the checkpoint was trained as')
+    publish.add_argument('--checkpoint', type=Path, required=True,
+                         help="train.py's model_best.pth.tar / checkpoint-*.pth.tar, or a .safetensors file")
+    target = publish.add_mutually_exclusive_group(required=True)
+    target.add_argument('--out-dir', type=Path, help='write the folder here, no network needed')
+    target.add_argument('--repo-id', help="push to this Hub repo (ORG/NAME) with the user's token")
+    publish.add_argument('--num-classes', type=int, default=None, help="default: the checkpoint's classifier size")
+    publish.add_argument('--ema', action='store_true', help="publish train.py's EMA weights (state_dict_ema)")
+    publish.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                         help="model arguments such as c=32 (default: those train.py recorded)")
+    publish.add_argument('--results', type=Path, default=None, help="validate.py --results-file output for the card")
+    publish.add_argument('--data-dir', type=Path, default=None,
+                         help="training data root for the label names (default: the one train.py recorded)")
+    publish.add_argument('--dataset', default=None, help='Hub dataset id for the card (default: imagenet-1k for 1000 classes)')
+    publish.add_argument('--overwrite', action='store_true', help='replace a non-empty --out-dir')
+    publish.set_defaults(run=_publish)
+
     digits = commands.add_parser('digits', help="write sklearn's digits as an ImageFolder for train.py and print its path")
     digits.add_argument('--data-dir', type=Path, default=DEFAULT_DATA_DIR, help=f'(default: {DEFAULT_DATA_DIR})')
     digits.set_defaults(run=_digits)
@@ -66,7 +105,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     import timm_mod  # noqa: F401  registers the zoo before any subcommand looks it up
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, PermissionError, ConnectionError) as error:
         sys.exit(f'timm-mod {args.command}: error: {error}')
 
 

@@ -21,7 +21,7 @@ from timm.models._efficientnet_builder import (
     round_channels)
 from timm.models.efficientnet import EfficientNet
 
-from ._builder import build_mod_model, mod_cfg
+from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
 from .mod import MoDBlock, mod_every_second_block
 
 __all__ = ['MoDEfficientNet', 'slim_efficientnet_block']
@@ -138,10 +138,10 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return mod_cfg(interpolation='bicubic', first_conv='conv_stem', classifier='classifier', **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(mod_default_cfgs({
     'mobilenetv2_mod': _cfg(),
     'mobilenetv2_mod_l': _cfg(),
-})
+}))
 
 
 @register_model

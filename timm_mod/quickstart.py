@@ -145,7 +145,8 @@ def train_and_evaluate(
         progress: Print one line per epoch to stderr.
     """
     # an argparse.Namespace like train.py's: CheckpointSaver stores it, and timm's loaders allow-list it
-    cfg = argparse.Namespace(**dict(train_args, model=model_name, epochs=epochs or train_args['epochs']))
+    cfg = argparse.Namespace(**dict(
+        train_args, model=model_name, epochs=epochs or train_args['epochs'], data_dir=str(data_dir)))
     for split in (cfg.train_split, cfg.val_split):
         check_image_folder(data_dir, split)
     torch.manual_seed(cfg.seed)

@@ -14,7 +14,7 @@ from timm.layers import LayerType, get_act_layer, get_norm_layer
 from timm.models import register_model, generate_default_cfgs
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ._builder import build_mod_model, mod_cfg
+from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
 from .mod import mod_every_second_block
 
 __all__ = ['MoDResNet', 'slim_resnet_block']
@@ -117,7 +117,7 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return mod_cfg(first_conv='conv1', classifier='fc', **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(mod_default_cfgs({
     'resnet18_mod': _cfg(),
     'resnet26_mod': _cfg(),
     'resnet34_mod': _cfg(),
@@ -131,7 +131,7 @@ default_cfgs = generate_default_cfgs({
     'resnet50_mod_lk': _cfg(),
     'resnet75_mod_lk': _cfg(),
     'resnet86_mod_lk': _cfg(),
-})
+}))
 
 
 @register_model

@@ -1,0 +1,272 @@
+""" Publishing trained MoD models the timm way: a Hub folder of config.json, model.safetensors and README.md.
+
+The weights and config come from timm's own `save_for_hf`, so `timm.create_model("local-dir:DIR")` and
+`timm.create_model("hf-hub:ORG/NAME")` rebuild the model, non-default MoD arguments (c, r, ...) included.
+The model card is rendered from `hub_cards/model_card.md` with this model's architecture, the paper's
+published row and this checkpoint's own results.
+"""
+import argparse
+import csv
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from string import Template
+from typing import Any, Dict, List, Optional
+
+import timm
+import torch
+import torch.nn as nn
+import yaml
+from safetensors.torch import load_file
+from timm.data import resolve_data_config
+from timm.models import clean_state_dict, get_pretrained_cfg_value, save_for_hf
+
+from ._builder import describe_state_dict_mismatch
+from .mod import MoDBlock
+from .zoo import PAPER_MODELS, measure
+
+__all__ = [
+    'Checkpoint', 'load_checkpoint_file', 'infer_num_classes', 'read_results', 'render_model_card',
+    'check_hub_access', 'publish',
+]
+
+CARD_TEMPLATE = 'model_card.md'
+
+
+@dataclass
+class Checkpoint:
+    """ Weights from a training run, and what train.py recorded about it (empty for bare weight files)."""
+    path: Path
+    state_dict: Dict[str, torch.Tensor]
+    train_args: Dict[str, Any] = field(default_factory=dict)
+    epoch: Optional[int] = None
+    metric: Optional[float] = None
+
+
+def load_checkpoint_file(path: Path, use_ema: bool = False) -> Checkpoint:
+    """ A `.safetensors` file or a train.py checkpoint (`state_dict`, or `state_dict_ema` with `use_ema`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'Checkpoint {path} does not exist.')
+    if path.suffix == '.safetensors':
+        if use_ema:
+            raise ValueError(f'{path} is a bare safetensors weight file; it holds no separate EMA weights.')
+        try:
+            return Checkpoint(path, load_file(str(path)))
+        except Exception as error:
+            raise ValueError(f'{path} is not a readable safetensors file ({error}); is it complete?') from error
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:
+        raise ValueError(f'{path} is not a readable PyTorch checkpoint ({error}); is it complete?') from error
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'{path} holds a {type(checkpoint).__name__}, not a state dict or a train.py checkpoint.')
+    key = 'state_dict_ema' if use_ema else 'state_dict'
+    if use_ema and key not in checkpoint:
+        raise ValueError(f'{path} has no EMA weights (state_dict_ema); train with --model-ema, or publish without --ema.')
+    state_dict = checkpoint.get(key, checkpoint)
+    args = checkpoint.get('args')
+    return Checkpoint(
+        path,
+        clean_state_dict(state_dict),
+        train_args=vars(args) if isinstance(args, argparse.Namespace) else {},
+        epoch=checkpoint.get('epoch'),
+        metric=checkpoint.get('metric'),
+    )
+
+
+def infer_num_classes(model_name: str, state_dict: Dict[str, torch.Tensor]) -> int:
+    """ Classes of the checkpoint's classifier (0 when it was saved without one)."""
+    classifier = get_pretrained_cfg_value(model_name, 'classifier') or 'fc'
+    weight = state_dict.get(f'{classifier}.weight')
+    return 0 if weight is None else weight.shape[0]
+
+
+def read_results(path: Path) -> Dict[str, Any]:
+    """ The first row of a validate.py `--results-file` (JSON or CSV)."""
+    path = Path(path)
+    if path.suffix == '.json':
+        results = json.loads(path.read_text())
+        results = results[0] if isinstance(results, list) else results
+        return results.get('results', results) if isinstance(results, dict) else {}
+    with open(path, newline='') as f:
+        return next(csv.DictReader(f), {})
+
+
+def _training_results(checkpoint: Checkpoint) -> Dict[str, Any]:
+    """ The checkpoint's epoch and metric, with top-5 from train.py's summary.csv beside it when there is one."""
+    results: Dict[str, Any] = {}
+    if checkpoint.metric is not None:
+        results['top1'] = checkpoint.metric
+    summary = checkpoint.path.parent / 'summary.csv'
+    if summary.is_file() and checkpoint.epoch is not None:
+        with open(summary, newline='') as f:
+            row = next((r for r in csv.DictReader(f) if r.get('epoch') == str(checkpoint.epoch)), None)
+        if row:
+            results.setdefault('top1', row.get('eval_top1'))
+            results['top5'] = row.get('eval_top5')
+    return results
+
+
+def _label_names(train_args: Dict[str, Any], data_dir: Optional[Path]) -> Optional[List[str]]:
+    """ Class folder names of the training split, in the order timm's ImageFolder reader numbers them."""
+    from timm.data.readers.reader_image_folder import find_images_and_targets
+    root = Path(data_dir) if data_dir else Path(train_args['data_dir']) if train_args.get('data_dir') else None
+    if root is None:
+        return None
+    split = root / train_args.get('train_split', 'train')
+    if not split.is_dir():
+        return None
+    _, class_to_idx = find_images_and_targets(str(split))
+    return sorted(class_to_idx, key=class_to_idx.get)
+
+
+def _mod_stage_rows(model: nn.Module) -> str:
+    rows = ['| block | channels C | c | k | routing | fusion |', '|---|---|---|---|---|---|']
+    for name, block in model.named_modules():
+        if isinstance(block, MoDBlock):
+            rows.append(f'| `{name}` | {block.in_channels} | {block.c} | {block.k} | {block.routing} | {block.fusion} |')
+    return '\n'.join(rows)
+
+
+def render_model_card(
+        model: nn.Module,
+        model_name: str,
+        model_kwargs: Dict[str, Any],
+        repo_name: str,
+        results: Dict[str, Any],
+        train_args: Dict[str, Any],
+        dataset: Optional[str],
+) -> str:
+    """ The Hub README.md: metadata header, architecture, the paper's row, this checkpoint's results."""
+    paper = PAPER_MODELS.get(model_name)
+    params, macs = measure(model, input_size=model.pretrained_cfg['input_size'])
+    paper_row = (
+        f'| {paper.paper_name} | {paper.top1} | {paper.gmacs} | {paper.params} | {paper.cpu_ms} | {paper.gpu_ms} |'
+        if paper else '| (not a model of the paper) | - | - | - | - | - |')
+    if results.get('top1') is not None:
+        own = f"top-1 {float(results['top1']):.2f} %" + (
+            f", top-5 {float(results['top5']):.2f} %" if results.get('top5') not in (None, '') else '')
+    else:
+        own = 'not measured: publish with `--results` (a validate.py results file) to record them'
+    args_yaml = yaml.safe_dump({k: v for k, v in sorted(train_args.items()) if _is_plain(v)}, default_flow_style=None)
+    template = Template((files('timm_mod') / 'hub_cards' / CARD_TEMPLATE).read_text())
+    return template.substitute(
+        datasets_header=f'datasets:\n- {dataset}\n' if dataset else '',
+        repo_name=repo_name,
+        model_name=model_name,
+        paper_name=paper.paper_name if paper else model_name,
+        depths=','.join(map(str, paper.depths)) if paper else '-',
+        num_classes=model.num_classes,
+        params_m=f'{params / 1e6:.2f}',
+        gmacs=f'{macs / 1e9:.3f}',
+        input_size='x'.join(map(str, model.pretrained_cfg['input_size'][1:])),
+        mod_blocks=_mod_stage_rows(model),
+        model_args=json.dumps(model_kwargs, sort_keys=True),
+        paper_row=paper_row,
+        own_results=own,
+        results_source=results.get('source', '-'),
+        train_command='python train.py -c args.yaml' if train_args else '# not recorded: published from a bare weight file',
+        train_args_yaml=args_yaml.strip() if train_args else '# not recorded',
+    )
+
+
+def _is_plain(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None))) or (
+        isinstance(value, (list, tuple, dict)) and all(_is_plain(v) for v in (value.values() if isinstance(value, dict) else value)))
+
+
+def check_hub_access(repo_id: str) -> str:
+    """ The user's token, after checking it reaches the Hub; raises before any work is done otherwise."""
+    from huggingface_hub import HfApi, get_token
+    if '/' not in repo_id:
+        raise ValueError(f'--repo-id {repo_id!r} must be ORG/NAME.')
+    if os.environ.get('HF_HUB_OFFLINE', '').lower() in ('1', 'true', 'yes'):
+        raise ConnectionError('HF_HUB_OFFLINE is set, so nothing can be pushed; unset it, or use --out-dir.')
+    token = get_token()
+    if not token:
+        raise PermissionError('No Hugging Face token: run `hf auth login` or set HF_TOKEN, or use --out-dir.')
+    try:
+        HfApi().whoami(token=token)
+    except Exception as error:
+        raise ConnectionError(f'Cannot reach the Hugging Face Hub with this token ({error}); use --out-dir.') from error
+    return token
+
+
+def publish(
+        model_name: str,
+        checkpoint_path: Path,
+        out_dir: Optional[Path] = None,
+        repo_id: Optional[str] = None,
+        num_classes: Optional[int] = None,
+        use_ema: bool = False,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+        results_file: Optional[Path] = None,
+        data_dir: Optional[Path] = None,
+        dataset: Optional[str] = None,
+        overwrite: bool = False,
+) -> str:
+    """ Build the Hub folder for a trained model and write it to `out_dir` or push it to `repo_id`.
+
+    Nothing is left behind on failure: the folder is built in a temporary directory and moved into place
+    (or uploaded) only when complete. An existing non-empty `out_dir` is replaced only with `overwrite`.
+    """
+    if (out_dir is None) == (repo_id is None):
+        raise ValueError('Give exactly one of --out-dir (a local folder) or --repo-id (push to the Hub).')
+    token = check_hub_access(repo_id) if repo_id else None
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+            raise FileExistsError(f'{out_dir} exists and is not empty; choose another --out-dir or pass --overwrite.')
+    if not timm.is_model(model_name):
+        raise ValueError(f'Unknown model {model_name!r}; `timm-mod list` shows the MoD zoo.')
+
+    checkpoint = load_checkpoint_file(checkpoint_path, use_ema=use_ema)
+    trained_as = checkpoint.train_args.get('model')
+    if trained_as and trained_as != model_name:
+        raise ValueError(f'{checkpoint.path} was trained as {trained_as!r}, not {model_name!r}; publish it as --model {trained_as}.')
+    model_kwargs = {**(checkpoint.train_args.get('model_kwargs') or {}), **(model_kwargs or {})}
+    if num_classes is None:
+        num_classes = infer_num_classes(model_name, checkpoint.state_dict)
+    model = timm.create_model(model_name, num_classes=num_classes, **model_kwargs)
+    mismatch = describe_state_dict_mismatch(model, checkpoint.state_dict)
+    if mismatch:
+        raise ValueError(f'The weights in {checkpoint.path} do not fit {model_name!r} {model_kwargs or ""}: {mismatch}')
+    model.load_state_dict(checkpoint.state_dict)
+
+    if results_file is not None:
+        results = dict(read_results(results_file), source=f'validate.py results file `{Path(results_file).name}`')
+    else:
+        results = dict(_training_results(checkpoint), source='training run (checkpoint metric, summary.csv)')
+    label_names = _label_names(checkpoint.train_args, data_dir)
+    # the preprocessing the weights were trained and evaluated with, as train.py resolves it
+    data_config = resolve_data_config(checkpoint.train_args, model=model) if checkpoint.train_args else None
+    dataset = dataset or ('imagenet-1k' if num_classes == 1000 else None)
+    repo_name = repo_id.split('/')[-1] if repo_id else out_dir.name
+
+    parent = out_dir.parent if out_dir is not None else None
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parent, prefix='.timm-mod-publish-') as staging:
+        folder = Path(staging) / 'hub'
+        save_for_hf(
+            model, str(folder), model_config=dict(label_names=label_names) if label_names else None,
+            safe_serialization=True, data_config=data_config)
+        model.pretrained_cfg = {**model.pretrained_cfg, **(data_config or {})}
+        (folder / 'README.md').write_text(
+            render_model_card(model, model_name, model_kwargs, repo_name, results, checkpoint.train_args, dataset))
+        if repo_id is not None:
+            from huggingface_hub import HfApi
+            api = HfApi(token=token)
+            api.create_repo(repo_id, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=f'Add {model_name} weights')
+            return f'https://huggingface.co/{repo_id}'
+        if out_dir.exists():
+            shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
+        folder.replace(out_dir)
+    return str(out_dir)
