@@ -18,7 +18,8 @@ INPUT = torch.randn(2, 3, 64, 64)
 COMMIT = '0123456789abcdef0123456789abcdef01234567'
 
 
-def train_py_checkpoint(path: Path, model_name: str, num_classes: int = 5, ema: bool = False, **model_kwargs) -> torch.nn.Module:
+def train_py_checkpoint(
+        path: Path, model_name: str, num_classes: int = 5, ema: bool = False, **model_kwargs) -> torch.nn.Module:
     """ A checkpoint laid out as train.py's CheckpointSaver writes it, from two real SGD steps."""
     torch.manual_seed(0)
     model = timm.create_model(model_name, num_classes=num_classes, **model_kwargs)
@@ -31,7 +32,8 @@ def train_py_checkpoint(path: Path, model_name: str, num_classes: int = 5, ema: 
                               input_size=[3, 64, 64], crop_pct=0.9, interpolation='bicubic')
     checkpoint = {'epoch': 1, 'arch': model_name, 'state_dict': model.state_dict(), 'args': args, 'metric': 12.5}
     if ema:
-        checkpoint['state_dict_ema'] = {k: v + 0.5 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        checkpoint['state_dict_ema'] = {
+            k: v + 0.5 if v.is_floating_point() else v for k, v in model.state_dict().items()}
     torch.save(checkpoint, path)
     return model.eval()
 
@@ -80,7 +82,8 @@ def test_publish_then_load_by_local_dir_and_offline_hub(tmp_path: Path, model_na
     assert config['pretrained_cfg']['input_size'] == [3, 64, 64] and config['pretrained_cfg']['crop_pct'] == 0.9
 
     expected = logits(trained)
-    torch.testing.assert_close(logits(timm.create_model(f'local-dir:{folder}', pretrained=True)), expected, rtol=0, atol=0)
+    from_folder = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    torch.testing.assert_close(logits(from_folder), expected, rtol=0, atol=0)
     for use_tag in (False, True):
         cache = tmp_path / f'cache-{use_tag}'
         got = load_from_offline_hub_cache(folder, cache, 'someone/repo', tmp_path, use_tag)
@@ -170,7 +173,7 @@ def test_corrupt_safetensors_is_a_clear_error_leaving_nothing(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize('trained_kwargs, published_kwargs, message', [
-    ({'c': 32}, {'c': 64}, 'layer1.1 processes k=1 channels of 64 \\(c=64\\) but the checkpoint has k=2 \\(c=32\\): another c'),
+    ({'c': 32}, {'c': 64}, r'layer1.1 processes k=1 channels of 64 \(c=64\) but the checkpoint has k=2 \(c=32\)'),
     ({}, {'routing': 'random'}, 'the checkpoint has learned routing, the model random'),
 ])
 def test_other_mod_configuration_names_the_mismatch(tmp_path: Path, trained_kwargs, published_kwargs, message) -> None:
@@ -194,7 +197,8 @@ def test_other_depth_or_name_is_a_clear_error(tmp_path: Path) -> None:
 def test_create_model_names_the_mismatch_of_another_c(tmp_path: Path) -> None:
     save_file(timm.create_model('resnet18_mod', c=32).state_dict(), str(tmp_path / 'w.safetensors'))
     with pytest.raises(RuntimeError, match='but the checkpoint has k=2 \\(c=32\\): another c'):
-        timm.create_model('resnet18_mod', pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'w.safetensors')))
+        timm.create_model(
+            'resnet18_mod', pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'w.safetensors')))
 
 
 def test_push_without_token_or_network_fails_before_any_work(tmp_path: Path) -> None:
@@ -206,7 +210,8 @@ def test_push_without_token_or_network_fails_before_any_work(tmp_path: Path) -> 
     assert run.returncode != 0 and 'No Hugging Face token' in run.stderr
     run = subprocess.run(command, env=dict(env, HF_HUB_OFFLINE='1'), capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode != 0 and 'HF_HUB_OFFLINE is set' in run.stderr
-    run = subprocess.run(command, env=dict(env, HF_TOKEN='hf_notarealtoken'), capture_output=True, text=True, cwd=tmp_path)
+    run = subprocess.run(
+        command, env=dict(env, HF_TOKEN='hf_notarealtoken'), capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode != 0 and 'Cannot reach the Hugging Face Hub' in run.stderr
     assert {p.name for p in tmp_path.iterdir()} <= {'hf'}, 'nothing may be written'
 
@@ -226,7 +231,8 @@ def test_published_weights_become_tags_and_only_they() -> None:
     from timm.models import generate_default_cfgs
     from timm_mod._builder import PUBLISHED_WEIGHTS, mod_cfg, mod_default_cfgs
     assert timm.list_pretrained('*_mod*') == sorted(PUBLISHED_WEIGHTS)
-    cfgs = generate_default_cfgs(mod_default_cfgs({'resnet75_mod': mod_cfg()}, {'resnet75_mod.in1k': 'org/resnet75_mod.in1k'}))
+    published = {'resnet75_mod.in1k': 'org/resnet75_mod.in1k'}
+    cfgs = generate_default_cfgs(mod_default_cfgs({'resnet75_mod': mod_cfg()}, published))
     default = cfgs['resnet75_mod']
     assert default.tags[0] == 'in1k' and default.is_pretrained
     assert default.cfgs['in1k'].hf_hub_id == 'org/resnet75_mod.in1k' and not default.cfgs[''].has_weights

@@ -215,3 +215,39 @@ def test_every_second_block_of_a_stage_becomes_mod() -> None:
     mod_every_second_block(stage, lambda block, k: BasicBlock(k, k), c=C_DIVISOR)
     assert [isinstance(b, MoDBlock) for b in stage] == [False, True, False, True, False]
     assert [stage[i] is dense[i] for i in (0, 2, 4)] == [True] * 3
+
+
+def reference_forward(block: MoDBlock, x: torch.Tensor) -> torch.Tensor:
+    """ The plain formulation: element-wise gather, multiply, add, concat; never in place."""
+    scores = block.selector(x)
+    values, indices = scores.topk(block.k, dim=1)
+    selected = torch.gather(x, 1, indices[:, :, None, None].expand(-1, -1, *x.shape[2:]))
+    update = block.block(selected) * values[:, :, None, None]
+    if block.fuse_last:
+        return torch.cat([x[:, :-block.k], x[:, -block.k:] + update], dim=1)
+    return torch.cat([x[:, :block.k] + update, x[:, block.k:]], dim=1)
+
+
+@pytest.mark.parametrize('fusion', ['first', 'last'])
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last], ids=['nchw', 'nhwc'])
+@pytest.mark.parametrize('batch', [1, 3])
+def test_fast_paths_match_the_plain_reference(fusion: str, memory_format, batch: int) -> None:
+    block = make_block(fusion)
+    x = torch.randn(batch, CHANNELS, 5, 6).to(memory_format=memory_format)
+
+    block.train()
+    x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.manual_seed(0)
+    out_fast = block(x_fast)
+    grads_fast = torch.autograd.grad(out_fast.square().sum(), [x_fast, *block.parameters()])
+    torch.manual_seed(0)
+    out_ref = reference_forward(block, x_ref)
+    grads_ref = torch.autograd.grad(out_ref.square().sum(), [x_ref, *block.parameters()])
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-5, atol=1e-6)
+    for fast, ref in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+
+    block.eval()
+    with torch.no_grad():
+        expected = reference_forward(block, x)
+        torch.testing.assert_close(block(x.clone(memory_format=memory_format)), expected, rtol=1e-5, atol=1e-6)

@@ -84,7 +84,8 @@ def test_train_py_checkpoints_load_every_way_and_reproduce_the_result(quickstart
     result = quickstart_run[0]
     checkpoint = result.checkpoint_dir / 'last.pth.tar'
     through_overlay = timm.create_model(
-        'resnet18_mod', pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(file=str(checkpoint), num_classes=10))
+        'resnet18_mod', pretrained=True, num_classes=10,
+        pretrained_cfg_overlay=dict(file=str(checkpoint), num_classes=10))
     through_validate_py = timm.create_model('resnet18_mod', num_classes=10)
     load_checkpoint(through_validate_py, str(checkpoint))  # what validate.py --checkpoint does
     for model in (through_overlay, through_validate_py):
@@ -104,7 +105,8 @@ def test_ema_weights_are_preferred_as_by_validate_py(quickstart_run, tmp_path: P
 def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / 'resnet18.pth.tar'
     torch.save({'state_dict': timm.create_model('resnet18', num_classes=10).state_dict()}, path)
-    with pytest.raises(RuntimeError, match=r"do not fit 'resnet18_mod': layer1.1 is a MoD block in the model, a dense block in the checkpoint"):
+    message = r"do not fit 'resnet18_mod': layer1.1 is a MoD block in the model, a dense block in the checkpoint"
+    with pytest.raises(RuntimeError, match=message):
         timm.create_model('resnet18_mod', pretrained=True, num_classes=10,
                           pretrained_cfg_overlay=dict(file=str(path), num_classes=10))
 

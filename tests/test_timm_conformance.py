@@ -63,7 +63,8 @@ def timm_results(pytestconfig: pytest.Config, tmp_path_factory) -> Dict[Tuple[st
         [sys.executable, '-m', 'pytest', str(test_file), '-p', 'timm_mod_only', '-p', 'no:cacheprovider',
          '-q', '--no-header', f'--junitxml={report}', '-W', 'ignore::FutureWarning'],
         cwd=test_file.parent,
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(CONFORMANCE_DIR), os.environ.get('PYTHONPATH')]))),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+            filter(None, [str(CONFORMANCE_DIR), os.environ.get('PYTHONPATH')]))),
         capture_output=True, text=True,
     )
     if not report.exists():

@@ -112,7 +112,8 @@ def describe_state_dict_mismatch(model: nn.Module, state_dict: Dict[str, torch.T
     if only_model:
         problems.append(f'the checkpoint lacks {", ".join(only_model[:6])}: a shallower or other architecture')
     if only_checkpoint:
-        problems.append(f'the checkpoint has {", ".join(only_checkpoint[:6])} the model lacks: a deeper or other architecture')
+        problems.append(
+            f'the checkpoint has {", ".join(only_checkpoint[:6])} the model lacks: a deeper or other architecture')
     classifier = model.pretrained_cfg.get('classifier')
     weight = f'{classifier}.weight'
     if weight in expected and weight in state_dict and expected[weight].shape != state_dict[weight].shape:
@@ -121,8 +122,9 @@ def describe_state_dict_mismatch(model: nn.Module, state_dict: Dict[str, torch.T
     if not problems:
         shapes = [k for k in expected if k in state_dict and expected[k].shape != state_dict[k].shape]
         if shapes:
-            problems.append(f'{len(shapes)} tensors differ in shape, first {shapes[0]}: '
-                            f'{tuple(state_dict[shapes[0]].shape)} in the checkpoint, {tuple(expected[shapes[0]].shape)} in the model')
+            first = shapes[0]
+            problems.append(f'{len(shapes)} tensors differ in shape, first {first}: {tuple(state_dict[first].shape)} '
+                            f'in the checkpoint, {tuple(expected[first].shape)} in the model')
     return '; '.join(problems)
 
 
@@ -154,7 +156,10 @@ def _pretrained_state_dict(variant: str, kwargs: Dict[str, Any]):
     from timm.models import load_state_dict
     from timm.models._hub import load_state_dict_from_hf, load_state_dict_from_path
     cfg = resolve_pretrained_cfg(
-        variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+        variant,
+        pretrained_cfg=kwargs.get('pretrained_cfg'),
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+    )
     load_from, location = _resolve_pretrained_source(cfg.to_dict())
     if load_from == 'state_dict':
         return 'the given state dict', location

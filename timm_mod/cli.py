@@ -50,6 +50,24 @@ def _publish(args: argparse.Namespace) -> None:
     print(location)
 
 
+def _benchmark(args: argparse.Namespace) -> None:
+    import itertools
+    import os
+    from .benchmark import BENCH_COLUMNS, BenchSetting, bench_table_rows, run_benchmark, write_results
+    from .zoo import format_table
+    threads = [t if t > 0 else (os.cpu_count() or 1) for t in args.threads]
+    settings = [
+        BenchSetting(batch_size=b, threads=t, task=task, compile=mode == 'compile', channels_last=args.channels_last,
+                     bf16=args.bf16, device=args.device)
+        for task, mode, b, t in itertools.product(args.task, args.mode, args.batch_size, threads)
+    ]
+    rows = run_benchmark(args.models, settings, rounds=args.rounds, min_run_time=args.min_run_time)
+    print(format_table(BENCH_COLUMNS, bench_table_rows(rows), markdown=args.markdown))
+    if args.output:
+        for path in write_results(rows, args.output):
+            print(path, file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .quickstart import DEFAULT_DATA_DIR
     parser = argparse.ArgumentParser(prog='timm-mod', description='CNN Mixture-of-Depths models for timm.')
@@ -90,14 +108,37 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument('--results', type=Path, default=None, help="validate.py --results-file output for the card")
     publish.add_argument('--data-dir', type=Path, default=None,
                          help="training data root for the label names (default: the one train.py recorded)")
-    publish.add_argument('--dataset', default=None, help='Hub dataset id for the card (default: imagenet-1k for 1000 classes)')
+    publish.add_argument('--dataset', default=None,
+                         help='Hub dataset id for the card (default: imagenet-1k for 1000 classes)')
     publish.add_argument('--overwrite', action='store_true', help='replace a non-empty --out-dir')
     publish.set_defaults(run=_publish)
 
-    digits = commands.add_parser('digits', help="write sklearn's digits as an ImageFolder for train.py and print its path")
+    bench = commands.add_parser(
+        'benchmark', help="speed-up over the paper's baseline beside the identity bound, measured side by side")
+    bench.add_argument('--models', nargs='+', default=['resnet50_mod', 'resnet75_mod', 'mobilenetv2_mod'])
+    bench.add_argument('--batch-size', type=int, nargs='+', default=[1, 16])
+    bench.add_argument('--threads', type=int, nargs='+', default=[1, 0], help='CPU threads; 0 = all cores')
+    bench.add_argument('--task', nargs='+', choices=['inference', 'train'], default=['inference'])
+    bench.add_argument('--mode', nargs='+', choices=['eager', 'compile'], default=['eager'])
+    bench.add_argument('--channels-last', action='store_true')
+    bench.add_argument('--bf16', action='store_true', help='bfloat16 autocast')
+    bench.add_argument('--device', default='cuda' if _cuda_available() else 'cpu')
+    bench.add_argument('--rounds', type=int, default=5, help='interleaved rounds; the median is reported')
+    bench.add_argument('--min-run-time', type=float, default=0.2, help='seconds per timing block')
+    bench.add_argument('--output', type=Path, default=None, help='write benchmark.csv, .json and .png here')
+    bench.add_argument('--markdown', action='store_true', help='print a Markdown table')
+    bench.set_defaults(run=_benchmark)
+
+    digits = commands.add_parser(
+        'digits', help="write sklearn's digits as an ImageFolder for train.py and print its path")
     digits.add_argument('--data-dir', type=Path, default=DEFAULT_DATA_DIR, help=f'(default: {DEFAULT_DATA_DIR})')
     digits.set_defaults(run=_digits)
     return parser
+
+
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -68,7 +68,8 @@ def load_checkpoint_file(path: Path, use_ema: bool = False) -> Checkpoint:
         raise ValueError(f'{path} holds a {type(checkpoint).__name__}, not a state dict or a train.py checkpoint.')
     key = 'state_dict_ema' if use_ema else 'state_dict'
     if use_ema and key not in checkpoint:
-        raise ValueError(f'{path} has no EMA weights (state_dict_ema); train with --model-ema, or publish without --ema.')
+        raise ValueError(
+            f'{path} has no EMA weights (state_dict_ema); train with --model-ema, or publish without --ema.')
     state_dict = checkpoint.get(key, checkpoint)
     args = checkpoint.get('args')
     return Checkpoint(
@@ -130,7 +131,8 @@ def _mod_stage_rows(model: nn.Module) -> str:
     rows = ['| block | channels C | c | k | routing | fusion |', '|---|---|---|---|---|---|']
     for name, block in model.named_modules():
         if isinstance(block, MoDBlock):
-            rows.append(f'| `{name}` | {block.in_channels} | {block.c} | {block.k} | {block.routing} | {block.fusion} |')
+            cells = (f'`{name}`', block.in_channels, block.c, block.k, block.routing, block.fusion)
+            rows.append('| ' + ' | '.join(map(str, cells)) + ' |')
     return '\n'.join(rows)
 
 
@@ -171,14 +173,18 @@ def render_model_card(
         paper_row=paper_row,
         own_results=own,
         results_source=results.get('source', '-'),
-        train_command='python train.py -c args.yaml' if train_args else '# not recorded: published from a bare weight file',
+        train_command='python train.py -c args.yaml' if train_args else '# not recorded: a bare weight file',
         train_args_yaml=args_yaml.strip() if train_args else '# not recorded',
     )
 
 
 def _is_plain(value: Any) -> bool:
-    return isinstance(value, (str, int, float, bool, type(None))) or (
-        isinstance(value, (list, tuple, dict)) and all(_is_plain(v) for v in (value.values() if isinstance(value, dict) else value)))
+    """ YAML-safe: the train args worth showing in a card (not the objects some scripts store there)."""
+    if isinstance(value, dict):
+        return all(_is_plain(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    return isinstance(value, (str, int, float, bool, type(None)))
 
 
 def check_hub_access(repo_id: str) -> str:
@@ -229,7 +235,8 @@ def publish(
     checkpoint = load_checkpoint_file(checkpoint_path, use_ema=use_ema)
     trained_as = checkpoint.train_args.get('model')
     if trained_as and trained_as != model_name:
-        raise ValueError(f'{checkpoint.path} was trained as {trained_as!r}, not {model_name!r}; publish it as --model {trained_as}.')
+        raise ValueError(
+            f'{checkpoint.path} was trained as {trained_as!r}, not {model_name!r}; publish it as --model {trained_as}.')
     model_kwargs = {**(checkpoint.train_args.get('model_kwargs') or {}), **(model_kwargs or {})}
     if num_classes is None:
         num_classes = infer_num_classes(model_name, checkpoint.state_dict)

@@ -26,10 +26,12 @@ class PaperModel:
     depths: Tuple[int, ...]
     params: str  # millions, as printed, so the published precision is kept
     gmacs: float
-    baseline: str  # timm model whose published GMACs make the ratio
+    baseline: str  # the timm model the paper compares it with (MAC ratio, speed-up)
     top1: str = '-'  # ImageNet top-1 (%), as printed
     cpu_ms: str = '-'  # inference latency on the paper's i7-10850H CPU
     gpu_ms: str = '-'  # and on its Quadro RTX 3000 GPU
+    cpu_speedup: str = '-'  # over the baseline, as printed
+    gpu_speedup: str = '-'
 
 
 PAPER_BASELINE_GMACS: Dict[str, float] = {
@@ -38,25 +40,37 @@ PAPER_BASELINE_GMACS: Dict[str, float] = {
 
 PAPER_MODELS: Dict[str, PaperModel] = {
     'resnet18_mod': PaperModel(
-        'ResNet18-MoD', (2, 2, 2, 2), '5.46', 0.89, 'resnet18', top1='64.05', cpu_ms='33.63', gpu_ms='0.47'),
+        'ResNet18-MoD', (2, 2, 2, 2), '5.46', 0.89, 'resnet18', top1='64.05', cpu_ms='33.63', gpu_ms='0.47',
+        cpu_speedup='1.60', gpu_speedup='1.58'),
     'resnet26_mod': PaperModel(
-        'ResNet26-MoD', (2, 2, 3, 4), '11.4', 1.36, 'resnet34', top1='69.53', cpu_ms='42.16', gpu_ms='0.58'),
+        'ResNet26-MoD', (2, 2, 3, 4), '11.4', 1.36, 'resnet18', top1='69.53', cpu_ms='42.16', gpu_ms='0.58',
+        cpu_speedup='1.28', gpu_speedup='1.28'),
     'resnet34_mod': PaperModel(
-        'ResNet34-MoD', (3, 4, 6, 3), '12.93', 2.06, 'resnet34', top1='71.44', cpu_ms='60.79', gpu_ms='0.83'),
+        'ResNet34-MoD', (3, 4, 6, 3), '12.93', 2.06, 'resnet34', top1='71.44', cpu_ms='60.79', gpu_ms='0.83',
+        cpu_speedup='1.63', gpu_speedup='1.53'),
     'resnet42_mod': PaperModel(
-        'ResNet42-MoD', (3, 3, 6, 6), '17.72', 2.29, 'resnet34', top1='72.03', cpu_ms='64.01', gpu_ms='0.88'),
+        'ResNet42-MoD', (3, 3, 6, 6), '17.72', 2.29, 'resnet34', top1='72.03', cpu_ms='64.01', gpu_ms='0.88',
+        cpu_speedup='1.54', gpu_speedup='1.45'),
     'resnet50_mod': PaperModel(
-        'ResNet50-MoD', (3, 4, 6, 3), '18.11', 2.60, 'resnet50', top1='74.79', cpu_ms='108.74', gpu_ms='1.75'),
+        'ResNet50-MoD', (3, 4, 6, 3), '18.11', 2.60, 'resnet50', top1='74.79', cpu_ms='108.74', gpu_ms='1.75',
+        cpu_speedup='1.48', gpu_speedup='1.44'),
     'resnet75_mod': PaperModel(
-        'ResNet75-MoD', (3, 4, 14, 3), '23.10', 3.48, 'resnet50', top1='76.27 +- 0.07', cpu_ms='128.90', gpu_ms='2.19'),
+        'ResNet75-MoD', (3, 4, 14, 3), '23.10', 3.48, 'resnet50', top1='76.27 +- 0.07', cpu_ms='128.90', gpu_ms='2.19',
+        cpu_speedup='1.25', gpu_speedup='1.15'),
     'resnet86_mod': PaperModel(
-        'ResNet86-MoD', (3, 4, 18, 3), '25.60', 3.92, 'resnet50', top1='76.72 +- 0.04', cpu_ms='150.96', gpu_ms='2.40'),
+        'ResNet86-MoD', (3, 4, 18, 3), '25.60', 3.92, 'resnet50', top1='76.72 +- 0.04', cpu_ms='150.96', gpu_ms='2.40',
+        cpu_speedup='1.06', gpu_speedup='1.05'),
     'resnet101_mod': PaperModel(
-        'ResNet101-MoD', (3, 4, 23, 3), '29.21', 4.58, 'resnet101', top1='77.08 +- 0.08', cpu_ms='162.03', gpu_ms='2.73'),
+        'ResNet101-MoD', (3, 4, 23, 3), '29.21', 4.58, 'resnet101', top1='77.08 +- 0.08', cpu_ms='162.03',
+        gpu_ms='2.73',
+        cpu_speedup='1.55', gpu_speedup='1.57'),
     'resnet152_mod': PaperModel(
-        'ResNet152-MoD', (3, 8, 36, 3), '37.46', 6.34, 'resnet101', top1='77.81 +- 0.05', cpu_ms='208.80', gpu_ms='3.82'),
+        'ResNet152-MoD', (3, 8, 36, 3), '37.46', 6.34, 'resnet101', top1='77.81 +- 0.05', cpu_ms='208.80',
+        gpu_ms='3.82',
+        cpu_speedup='1.20', gpu_speedup='1.12'),
     'resnet50_mod_rand': PaperModel(
-        'MoD50 rand.', (3, 4, 6, 3), '17.11', 2.59, 'resnet50', top1='74.02', cpu_ms='100.06', gpu_ms='1.43'),
+        'MoD50 rand.', (3, 4, 6, 3), '17.11', 2.59, 'resnet50', top1='74.02', cpu_ms='100.06', gpu_ms='1.43',
+        cpu_speedup='1.77', gpu_speedup='1.43'),
     'resnet50_mod_lk': PaperModel(
         'R50-MoD-lk', (3, 4, 6, 3), '18.11', 2.60, 'resnet50', top1='74.57'),
     'resnet75_mod_lk': PaperModel(
@@ -65,10 +79,12 @@ PAPER_MODELS: Dict[str, PaperModel] = {
         'R86-MoD-lk', (3, 4, 18, 3), '25.60', 3.92, 'resnet50', top1='76.64'),
     'mobilenetv2_mod': PaperModel(
         'MobileNetV2-MoD', (1, 2, 3, 4, 3, 3, 1), '2.94', 0.22056, 'mobilenetv2_100',
-        top1='69.34', cpu_ms='33.43', gpu_ms='0.56'),
+        top1='69.34', cpu_ms='33.43', gpu_ms='0.56',
+        cpu_speedup='1.43', gpu_speedup='1.39'),
     'mobilenetv2_mod_l': PaperModel(
         'MobileNetV2-MoD-L', (1, 2, 3, 4, 3, 3, 1), '3.34', 0.34476, 'mobilenetv2_100',
-        top1='71.55', cpu_ms='42.94', gpu_ms='0.71'),
+        top1='71.55', cpu_ms='42.94', gpu_ms='0.71',
+        cpu_speedup='1.11', gpu_speedup='1.10'),
 }
 
 

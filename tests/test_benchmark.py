@@ -1,0 +1,64 @@
+""" The benchmark: identity bound construction, timed steps, and the command end to end on a tiny setting."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import timm
+import torch
+
+from timm_mod import MoDBlock
+from timm_mod.benchmark import BenchSetting, identity_bound, make_step, time_side_by_side
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / 'timm-mod'
+
+
+def test_identity_bound_removes_exactly_the_mod_blocks() -> None:
+    model = timm.create_model('resnet50_mod', device='meta')
+    bound = identity_bound(model)
+    assert not any(isinstance(m, MoDBlock) for m in bound.modules())
+    assert any(isinstance(m, MoDBlock) for m in model.modules()), 'the original is left intact'
+    mod_params = sum(p.numel() for m in model.modules() if isinstance(m, MoDBlock) for p in m.parameters())
+    assert sum(p.numel() for p in bound.parameters()) == sum(p.numel() for p in model.parameters()) - mod_params
+    assert [type(b).__name__ for b in bound.layer3] == ['Bottleneck', 'Identity'] * 3
+
+
+def test_train_step_updates_the_weights_and_inference_does_not() -> None:
+    model = timm.create_model('resnet18_mod', num_classes=4)
+    before = model.layer2[1].selector.fc1.weight.clone()
+    make_step(model, BenchSetting(batch_size=2, task='inference'), num_classes=4)()
+    assert torch.equal(model.layer2[1].selector.fc1.weight, before)
+    make_step(model, BenchSetting(batch_size=2, task='train'), num_classes=4)()
+    assert not torch.equal(model.layer2[1].selector.fc1.weight, before)
+
+
+def test_side_by_side_timing_reports_every_step() -> None:
+    calls = {'a': 0, 'b': 0}
+
+    def step(name: str):
+        def run() -> None:
+            calls[name] += 1
+        return run
+
+    times = time_side_by_side({'a': step('a'), 'b': step('b')}, threads=1, rounds=3, min_run_time=0.001)
+    assert set(times) == {'a', 'b'} and all(t > 0 for t in times.values())
+    assert calls['a'] > 3 and calls['b'] > 3
+
+
+def test_benchmark_command_end_to_end(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [str(CONSOLE_SCRIPT), 'benchmark', '--models', 'resnet18_mod', '--batch-size', '1', '--threads', '1',
+         '--task', 'inference', 'train', '--rounds', '1', '--min-run-time', '0.01', '--channels-last',
+         '--device', 'cpu', '--output', str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert '[2/2] resnet18_mod' in run.stderr, 'progress goes to stderr'
+    lines = run.stdout.splitlines()
+    assert lines[0].split()[:2] == ['model', 'setting'] and len(lines) == 3
+    with open(tmp_path / 'benchmark.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    assert [r['setting'] for r in rows] == ['b1 1thr inference eager cl', 'b1 1thr train eager cl']
+    assert all(r['baseline'] == 'resnet18' and float(r['speedup']) > 0 for r in rows)
+    records = json.loads((tmp_path / 'benchmark.json').read_text())
+    assert records[0]['paper_cpu_speedup'] == '1.60'
+    assert (tmp_path / 'benchmark.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

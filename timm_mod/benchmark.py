@@ -1,0 +1,211 @@
+""" The paper's speed columns (Tables 1 and 2), measured side by side in one process.
+
+Every MoD model is timed against the timm model the paper compares it with and against its identity bound:
+the same network with each MoD block replaced by `nn.Identity`, the most any MoD implementation can reach.
+The three are timed interleaved (round-robin, `torch.utils.benchmark`) and each time is the median over
+rounds, so drifts in clock speed or load hit all three alike; only ratios are reported as results.
+"""
+import copy
+import csv
+import json
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import timm
+import torch
+import torch.nn as nn
+from torch.utils.benchmark import Timer
+
+from .mod import MoDBlock
+from .zoo import PAPER_MODELS, measure
+
+__all__ = ['BenchSetting', 'BenchRow', 'identity_bound', 'make_step', 'time_side_by_side', 'run_benchmark',
+           'BENCH_COLUMNS', 'bench_table_rows', 'write_results']
+
+
+@dataclass(frozen=True)
+class BenchSetting:
+    """ One timing condition."""
+    batch_size: int = 1
+    threads: int = 1
+    task: str = 'inference'  # or 'train': forward, backward and an SGD step
+    compile: bool = False
+    channels_last: bool = False
+    bf16: bool = False
+    device: str = 'cpu'
+
+    @property
+    def label(self) -> str:
+        flags = [f'b{self.batch_size}', f'{self.threads}thr' if self.device == 'cpu' else self.device, self.task,
+                 'compile' if self.compile else 'eager']
+        return ' '.join(flags + (['cl'] if self.channels_last else []) + (['bf16'] if self.bf16 else []))
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """ A MoD model, its baseline and its identity bound under one setting; times in milliseconds."""
+    model: str
+    baseline: str
+    setting: str
+    params_m: float
+    gmacs: float
+    mod_ms: float
+    baseline_ms: float
+    identity_ms: float
+    speedup: float
+    identity_bound: float
+    images_per_s: float
+    paper_cpu_speedup: str
+
+    @property
+    def fraction_of_bound(self) -> float:
+        return self.speedup / self.identity_bound
+
+
+def identity_bound(model: nn.Module) -> nn.Module:
+    """ A copy of `model` with every MoD block replaced by `nn.Identity`."""
+    bound = copy.deepcopy(model)
+    for module in list(bound.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, MoDBlock):
+                setattr(module, name, nn.Identity())
+    return bound
+
+
+def make_step(model: nn.Module, setting: BenchSetting, num_classes: int = 1000) -> Callable[[], None]:
+    """ One inference batch, or one training step (forward, backward, SGD step), as a closure to time."""
+    device = torch.device(setting.device)
+    memory_format = torch.channels_last if setting.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format).train(setting.task == 'train')
+    x = torch.randn(setting.batch_size, 3, 224, 224, device=device).to(memory_format=memory_format)
+    forward = torch.compile(model) if setting.compile else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=setting.bf16)
+    if setting.task == 'inference':
+        def step() -> None:
+            with torch.inference_mode(), autocast:
+                forward(x)
+        return step
+    target = torch.randint(0, num_classes, (setting.batch_size,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        with autocast:
+            loss = nn.functional.cross_entropy(forward(x).float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def time_side_by_side(
+        steps: Dict[str, Callable[[], None]],
+        threads: int,
+        rounds: int = 5,
+        min_run_time: float = 0.2,
+) -> Dict[str, float]:
+    """ Median seconds per call of each step, timed round-robin so that all see the same conditions."""
+    for step in steps.values():  # warm-up, compilation included
+        for _ in range(3):
+            step()
+    samples: Dict[str, List[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for round_index in range(rounds):
+        order = names[round_index % len(names):] + names[:round_index % len(names)]
+        for name in order:
+            timer = Timer('step()', globals={'step': steps[name]}, num_threads=threads)
+            samples[name].append(timer.blocked_autorange(min_run_time=min_run_time).median)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def run_benchmark(
+        model_names: Sequence[str],
+        settings: Sequence[BenchSetting],
+        rounds: int = 5,
+        min_run_time: float = 0.2,
+        progress: bool = True,
+) -> List[BenchRow]:
+    """ Time every MoD model against its paper baseline and its identity bound under every setting."""
+    rows = []
+    total = len(model_names) * len(settings)
+    for model_name in model_names:
+        if model_name not in PAPER_MODELS and not timm.is_model(model_name):
+            raise ValueError(f'Unknown model {model_name!r}; `timm-mod list` shows the MoD zoo.')
+        paper = PAPER_MODELS.get(model_name)
+        baseline_name = paper.baseline if paper else model_name.replace('_mod', '')
+        params, macs = measure(timm.create_model(model_name, device='meta'))
+        for setting in settings:
+            torch.manual_seed(0)
+            mod = timm.create_model(model_name)
+            models = {'mod': mod, 'baseline': timm.create_model(baseline_name), 'identity': identity_bound(mod)}
+            steps = {name: make_step(model, setting) for name, model in models.items()}
+            times = time_side_by_side(steps, setting.threads, rounds=rounds, min_run_time=min_run_time)
+            rows.append(BenchRow(
+                model=model_name, baseline=baseline_name, setting=setting.label, params_m=params / 1e6,
+                gmacs=macs / 1e9, mod_ms=times['mod'] * 1e3, baseline_ms=times['baseline'] * 1e3,
+                identity_ms=times['identity'] * 1e3, speedup=times['baseline'] / times['mod'],
+                identity_bound=times['baseline'] / times['identity'],
+                images_per_s=setting.batch_size / times['mod'],
+                paper_cpu_speedup=paper.cpu_speedup if paper else '-',
+            ))
+            if progress:
+                row = rows[-1]
+                print(f'[{len(rows)}/{total}] {model_name} {setting.label}: {row.speedup:.2f}x '
+                      f'(identity bound {row.identity_bound:.2f}x)', file=sys.stderr, flush=True)
+    return rows
+
+
+BENCH_COLUMNS = ('model', 'setting', 'params (M)', 'GMACs', 'ms', 'baseline', 'baseline ms', 'speed-up',
+                 'identity bound', '% of bound', 'img/s', 'paper CPU speed-up')
+
+
+def bench_table_rows(rows: Sequence[BenchRow]) -> List[tuple]:
+    return [(r.model, r.setting, f'{r.params_m:.2f}', f'{r.gmacs:.2f}', f'{r.mod_ms:.2f}', r.baseline,
+             f'{r.baseline_ms:.2f}', f'{r.speedup:.2f}x', f'{r.identity_bound:.2f}x',
+             f'{100 * r.fraction_of_bound:.1f}', f'{r.images_per_s:.1f}', r.paper_cpu_speedup) for r in rows]
+
+
+def write_results(rows: Sequence[BenchRow], output: Path) -> List[Path]:
+    """ benchmark.csv, benchmark.json and benchmark.png (speed-up against identity bound) in `output`."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    records = [dict(asdict(r), fraction_of_bound=r.fraction_of_bound) for r in rows]
+    with open(output / 'benchmark.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    (output / 'benchmark.json').write_text(json.dumps(records, indent=2))
+    written = [output / 'benchmark.csv', output / 'benchmark.json']
+    plot = _plot(rows, output / 'benchmark.png')
+    return written + ([plot] if plot else [])
+
+
+def _plot(rows: Sequence[BenchRow], path: Path) -> Optional[Path]:
+    """ Bars of measured speed-up inside bars of the identity bound, the paper's CPU speed-up marked."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("benchmark.png skipped: pip install 'timm-mod[benchmark]' for matplotlib", file=sys.stderr)
+        return None
+    labels = [f'{r.model}\n{r.setting}' for r in rows]
+    positions = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows)), 4.5))
+    ax.bar(positions, [r.identity_bound for r in rows], width=0.7, color='#d9d9d9', label='identity bound')
+    ax.bar(positions, [r.speedup for r in rows], width=0.45, color='#3b75af', label='measured speed-up')
+    paper = [(i, float(r.paper_cpu_speedup)) for i, r in enumerate(rows) if r.paper_cpu_speedup != '-']
+    if paper:
+        ax.scatter(*zip(*paper), marker='_', s=600, color='#c0392b', linewidths=2.5, label="paper's CPU speed-up",
+                   zorder=3)
+    ax.axhline(1.0, color='black', linewidth=0.8)
+    ax.set_xticks(list(positions), labels, rotation=45, ha='right', fontsize=7)
+    ax.set_ylabel('speed-up over the baseline (x)')
+    ax.set_title('MoD speed-up, measured side by side, against its identity bound')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
