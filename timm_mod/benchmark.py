@@ -189,7 +189,7 @@ def _plot(rows: Sequence[BenchRow], path: Path) -> Optional[Path]:
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
-        print("benchmark.png skipped: pip install 'timm-mod[benchmark]' for matplotlib", file=sys.stderr)
+        print("benchmark.png skipped: pip install 'timm-mod[plots]' for matplotlib", file=sys.stderr)
         return None
     labels = [f'{r.model}\n{r.setting}' for r in rows]
     positions = range(len(rows))

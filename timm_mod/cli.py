@@ -129,11 +129,49 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--markdown', action='store_true', help='print a Markdown table')
     bench.set_defaults(run=_benchmark)
 
+    selection = commands.add_parser(
+        'selection', help='how often each channel is selected, per MoD block and class (paper Figure 4)')
+    selection.add_argument('--model', required=True, help='registered name, hf-hub:ORG/NAME or local-dir:PATH')
+    selection.add_argument('--checkpoint', type=Path, default=None, help='train.py checkpoint or .safetensors')
+    selection.add_argument('--num-classes', type=int, default=None, help="default: the checkpoint's classifier")
+    selection.add_argument('--data-dir', type=Path, default=None,
+                           help='ImageFolder root (default: the quickstart digits)')
+    selection.add_argument('--split', default='validation', help='split folder (default: validation)')
+    selection.add_argument('--classes', nargs='+', default=None, help='class folder names to count (default: all)')
+    selection.add_argument('--max-per-class', type=int, default=None, help='cap on samples per class')
+    selection.add_argument('--input-size', type=int, nargs=3, default=None, help="default: the run's or the model's")
+    selection.add_argument('--crop-pct', type=float, default=None)
+    selection.add_argument('--interpolation', default=None)
+    selection.add_argument('-b', '--batch-size', type=int, default=32)
+    selection.add_argument('--output', type=Path, required=True, help='folder for selection.csv/.json and PNGs')
+    selection.set_defaults(run=_selection)
+
     digits = commands.add_parser(
         'digits', help="write sklearn's digits as an ImageFolder for train.py and print its path")
     digits.add_argument('--data-dir', type=Path, default=DEFAULT_DATA_DIR, help=f'(default: {DEFAULT_DATA_DIR})')
     digits.set_defaults(run=_digits)
     return parser
+
+
+def _selection(args: argparse.Namespace) -> None:
+    from timm.data import resolve_data_config
+    from .quickstart import DEFAULT_DATA_DIR, write_digits
+    from .selection import count_selections, load_model, summarize, write_selection
+    from .zoo import format_table
+    model, train_args = load_model(args.model, args.checkpoint, args.num_classes)
+    data_dir = args.data_dir or write_digits(DEFAULT_DATA_DIR)
+    overrides = {key: value for key, value in (('input_size', args.input_size), ('crop_pct', args.crop_pct),
+                                                 ('interpolation', args.interpolation)) if value is not None}
+    data_config = resolve_data_config({**train_args, **overrides}, model=model)
+    selection = count_selections(
+        model, data_dir, args.split, classes=args.classes, max_per_class=args.max_per_class,
+        batch_size=args.batch_size, data_config=data_config)
+    for path in write_selection(selection, args.output, plot_classes=args.classes):
+        print(path, file=sys.stderr)
+    rows = [(s.block, str(s.channels), str(s.k), str(s.ever_selected), f'{s.entropy_bits:.2f}',
+             f'{s.max_entropy_bits:.2f}', f'{s.class_overlap:.2f}') for s in summarize(selection)]
+    header = ('block', 'C', 'k', 'ever selected', 'entropy (bits)', 'max entropy', 'class top-k overlap')
+    print(format_table(header, rows))
 
 
 def _cuda_available() -> bool:

@@ -87,6 +87,8 @@ def gather_channels(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     in place there.
     """
     batch, channels = x.shape[0], x.shape[1]
+    if batch == 1:  # one sample: a plain channel index_select, whatever the memory format
+        return x.index_select(1, indices.view(-1))
     if x.is_contiguous():
         planes = indices + torch.arange(batch, device=x.device)[:, None] * channels
         return x.flatten(0, 1).index_select(0, planes.flatten()).unflatten(0, (batch, -1))
@@ -144,7 +146,7 @@ def fuse_channels(
     if update.dtype != x.dtype:
         update = update.to(x.dtype)
     if scores is not None:
-        scores = scores[:, :, None, None]
+        scores = scores.view(scores.shape[0], k, 1, 1)
         if scores.dtype != x.dtype:
             scores = scores.to(x.dtype)
     if not torch.is_grad_enabled() and not x.requires_grad:
