@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from timm_mod.hub import load_checkpoint_file, publish, read_results
+from timm_mod.hub import publish, read_results
 
 INPUT = torch.randn(2, 3, 64, 64)
 COMMIT = '0123456789abcdef0123456789abcdef01234567'
@@ -219,12 +219,6 @@ def test_push_without_token_or_network_fails_before_any_work(tmp_path: Path) -> 
 def test_publish_needs_exactly_one_target(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match='exactly one of --out-dir'):
         publish('resnet18_mod', tmp_path / 'x.pth.tar')
-
-
-def test_load_checkpoint_rejects_garbage(tmp_path: Path) -> None:
-    (tmp_path / 'bad.pth.tar').write_bytes(b'not a checkpoint')
-    with pytest.raises(ValueError, match='not a readable PyTorch checkpoint'):
-        load_checkpoint_file(tmp_path / 'bad.pth.tar')
 
 
 def test_published_weights_become_tags_and_only_they() -> None:

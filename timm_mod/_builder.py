@@ -1,8 +1,10 @@
-""" Model building shared by the MoD families: timm's builder, plus a clear stop for missing weights."""
+""" Model building shared by the MoD families: timm's builder, the published-weight tags, and clear errors
+for missing weights and for weights that do not fit (named in MoD terms: another c, r, routing or depth)."""
 from typing import Any, Dict, List, Optional, Set, Type, TypeVar
 
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 from timm.models._builder import _resolve_pretrained_source
 
@@ -16,7 +18,7 @@ def mod_cfg(**kwargs: Any) -> Dict[str, Any]:
     return {
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bilinear',
-        'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'paper_ids': PAPER_ID, 'license': 'apache-2.0',
         **kwargs,
     }

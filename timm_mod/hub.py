@@ -5,87 +5,28 @@ The weights and config come from timm's own `save_for_hf`, so `timm.create_model
 The model card is rendered from `hub_cards/model_card.md` with this model's architecture, the paper's
 published row and this checkpoint's own results.
 """
-import argparse
 import csv
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from string import Template
 from typing import Any, Dict, List, Optional
 
-import timm
-import torch
 import torch.nn as nn
 import yaml
-from safetensors.torch import load_file
 from timm.data import resolve_data_config
-from timm.models import clean_state_dict, get_pretrained_cfg_value, save_for_hf
+from timm.models import save_for_hf
 
-from ._builder import describe_state_dict_mismatch
+from .checkpoint import Checkpoint, model_from_checkpoint
 from .mod import MoDBlock
 from .zoo import PAPER_MODELS, measure
 
-__all__ = [
-    'Checkpoint', 'load_checkpoint_file', 'infer_num_classes', 'read_results', 'render_model_card',
-    'check_hub_access', 'publish',
-]
+__all__ = ['read_results', 'render_model_card', 'check_hub_access', 'publish']
 
 CARD_TEMPLATE = 'model_card.md'
-
-
-@dataclass
-class Checkpoint:
-    """ Weights from a training run, and what train.py recorded about it (empty for bare weight files)."""
-    path: Path
-    state_dict: Dict[str, torch.Tensor]
-    train_args: Dict[str, Any] = field(default_factory=dict)
-    epoch: Optional[int] = None
-    metric: Optional[float] = None
-
-
-def load_checkpoint_file(path: Path, use_ema: bool = False) -> Checkpoint:
-    """ A `.safetensors` file or a train.py checkpoint (`state_dict`, or `state_dict_ema` with `use_ema`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'Checkpoint {path} does not exist.')
-    if path.suffix == '.safetensors':
-        if use_ema:
-            raise ValueError(f'{path} is a bare safetensors weight file; it holds no separate EMA weights.')
-        try:
-            return Checkpoint(path, load_file(str(path)))
-        except Exception as error:
-            raise ValueError(f'{path} is not a readable safetensors file ({error}); is it complete?') from error
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as error:
-        raise ValueError(f'{path} is not a readable PyTorch checkpoint ({error}); is it complete?') from error
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f'{path} holds a {type(checkpoint).__name__}, not a state dict or a train.py checkpoint.')
-    key = 'state_dict_ema' if use_ema else 'state_dict'
-    if use_ema and key not in checkpoint:
-        raise ValueError(
-            f'{path} has no EMA weights (state_dict_ema); train with --model-ema, or publish without --ema.')
-    state_dict = checkpoint.get(key, checkpoint)
-    args = checkpoint.get('args')
-    return Checkpoint(
-        path,
-        clean_state_dict(state_dict),
-        train_args=vars(args) if isinstance(args, argparse.Namespace) else {},
-        epoch=checkpoint.get('epoch'),
-        metric=checkpoint.get('metric'),
-    )
-
-
-def infer_num_classes(model_name: str, state_dict: Dict[str, torch.Tensor]) -> int:
-    """ Classes of the checkpoint's classifier (0 when it was saved without one)."""
-    classifier = get_pretrained_cfg_value(model_name, 'classifier') or 'fc'
-    weight = state_dict.get(f'{classifier}.weight')
-    return 0 if weight is None else weight.shape[0]
 
 
 def read_results(path: Path) -> Dict[str, Any]:
@@ -229,22 +170,8 @@ def publish(
         out_dir = Path(out_dir)
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
             raise FileExistsError(f'{out_dir} exists and is not empty; choose another --out-dir or pass --overwrite.')
-    if not timm.is_model(model_name):
-        raise ValueError(f'Unknown model {model_name!r}; `timm-mod list` shows the MoD zoo.')
-
-    checkpoint = load_checkpoint_file(checkpoint_path, use_ema=use_ema)
-    trained_as = checkpoint.train_args.get('model')
-    if trained_as and trained_as != model_name:
-        raise ValueError(
-            f'{checkpoint.path} was trained as {trained_as!r}, not {model_name!r}; publish it as --model {trained_as}.')
-    model_kwargs = {**(checkpoint.train_args.get('model_kwargs') or {}), **(model_kwargs or {})}
-    if num_classes is None:
-        num_classes = infer_num_classes(model_name, checkpoint.state_dict)
-    model = timm.create_model(model_name, num_classes=num_classes, **model_kwargs)
-    mismatch = describe_state_dict_mismatch(model, checkpoint.state_dict)
-    if mismatch:
-        raise ValueError(f'The weights in {checkpoint.path} do not fit {model_name!r} {model_kwargs or ""}: {mismatch}')
-    model.load_state_dict(checkpoint.state_dict)
+    model, checkpoint, model_kwargs = model_from_checkpoint(
+        model_name, checkpoint_path, num_classes=num_classes, model_kwargs=model_kwargs, use_ema=use_ema)
 
     if results_file is not None:
         results = dict(read_results(results_file), source=f'validate.py results file `{Path(results_file).name}`')
@@ -253,7 +180,7 @@ def publish(
     label_names = _label_names(checkpoint.train_args, data_dir)
     # the preprocessing the weights were trained and evaluated with, as train.py resolves it
     data_config = resolve_data_config(checkpoint.train_args, model=model) if checkpoint.train_args else None
-    dataset = dataset or ('imagenet-1k' if num_classes == 1000 else None)
+    dataset = dataset or ('imagenet-1k' if model.num_classes == 1000 else None)
     repo_name = repo_id.split('/')[-1] if repo_id else out_dir.name
 
     parent = out_dir.parent if out_dir is not None else None

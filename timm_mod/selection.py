@@ -19,7 +19,6 @@ import torch
 import torch.nn as nn
 from timm.data import create_dataset, create_transform, resolve_data_config
 
-from ._builder import describe_state_dict_mismatch
 from .mod import MoDBlock
 
 __all__ = ['SelectionCounts', 'BlockSummary', 'load_model', 'count_selections', 'summarize', 'write_selection']
@@ -53,22 +52,14 @@ class BlockSummary:
 
 def load_model(model_name: str, checkpoint: Optional[Path] = None, num_classes: Optional[int] = None):
     """ A model to analyse (registered name, `hf-hub:` or `local-dir:`), and train.py's args for its data."""
-    from .hub import infer_num_classes, load_checkpoint_file
-    source = model_name.split(':')[0]
-    if source in ('hf-hub', 'local-dir'):
+    from .checkpoint import model_from_checkpoint
+    if model_name.split(':')[0] in ('hf-hub', 'local-dir'):
         return timm.create_model(model_name, pretrained=True).eval(), {}
-    if not timm.is_model(model_name):
-        raise ValueError(f'Unknown model {model_name!r}; `timm-mod list` shows the MoD zoo.')
     if checkpoint is None:
+        if not timm.is_model(model_name):
+            raise ValueError(f'Unknown model {model_name!r}; `timm-mod list` shows the MoD zoo.')
         return timm.create_model(model_name, num_classes=num_classes or 1000).eval(), {}
-    weights = load_checkpoint_file(checkpoint)
-    model = timm.create_model(
-        model_name, num_classes=num_classes or infer_num_classes(model_name, weights.state_dict),
-        **(weights.train_args.get('model_kwargs') or {}))
-    mismatch = describe_state_dict_mismatch(model, weights.state_dict)
-    if mismatch:
-        raise ValueError(f'The weights in {checkpoint} do not fit {model_name!r}: {mismatch}')
-    model.load_state_dict(weights.state_dict)
+    model, weights, _ = model_from_checkpoint(model_name, checkpoint, num_classes=num_classes)
     return model.eval(), weights.train_args
 
 

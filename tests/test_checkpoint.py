@@ -1,0 +1,32 @@
+""" Reading training checkpoints and building the model they fit."""
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from timm_mod.checkpoint import infer_num_classes, load_checkpoint_file, model_from_checkpoint
+
+
+def test_load_checkpoint_rejects_garbage(tmp_path: Path) -> None:
+    (tmp_path / 'bad.pth.tar').write_bytes(b'not a checkpoint')
+    with pytest.raises(ValueError, match='not a readable PyTorch checkpoint'):
+        load_checkpoint_file(tmp_path / 'bad.pth.tar')
+
+
+def test_model_from_checkpoint_infers_classes_and_keeps_the_weights(tmp_path: Path) -> None:
+    source = timm.create_model('mobilenetv2_mod', num_classes=6)
+    save_file(source.state_dict(), str(tmp_path / 'w.safetensors'))
+    assert infer_num_classes('mobilenetv2_mod', source.state_dict()) == 6
+    model, checkpoint, model_kwargs = model_from_checkpoint('mobilenetv2_mod', tmp_path / 'w.safetensors')
+    assert model.num_classes == 6 and model_kwargs == {} and checkpoint.train_args == {}
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_unknown_model_and_missing_file_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Unknown model 'resnet18_modd'"):
+        model_from_checkpoint('resnet18_modd', tmp_path / 'w.safetensors')
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        model_from_checkpoint('resnet18_mod', tmp_path / 'w.safetensors')
