@@ -2,6 +2,7 @@
 for missing weights and for weights that do not fit (named in MoD terms: another c, r, routing or depth)."""
 from typing import Any, Dict, List, Optional, Set, Type, TypeVar
 
+import timm
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -40,6 +41,13 @@ def mod_default_cfgs(
         for name_tag, hub_id in published.items() if name_tag.split('.')[0] in cfgs
     }
     return {**cfgs, **tagged}
+
+
+def require_registered(model_name: str) -> str:
+    """ The name, or a clear error for a model timm does not know (a typo, or timm-mod not imported)."""
+    if not timm.is_model(model_name):
+        raise ValueError(f'Unknown model {model_name!r}; `timm-mod list` shows the MoD zoo, timm.list_models() all.')
+    return model_name
 
 
 def require_weight_source(variant: str, pretrained_cfg: Optional[Dict], pretrained_cfg_overlay: Optional[Dict]) -> None:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from torch.utils.benchmark import Timer
 
+from ._builder import require_registered
 from .mod import MoDBlock
 from .zoo import PAPER_MODELS, measure
 
@@ -131,8 +132,7 @@ def run_benchmark(
     rows = []
     total = len(model_names) * len(settings)
     for model_name in model_names:
-        if model_name not in PAPER_MODELS and not timm.is_model(model_name):
-            raise ValueError(f'Unknown model {model_name!r}; `timm-mod list` shows the MoD zoo.')
+        require_registered(model_name)
         paper = PAPER_MODELS.get(model_name)
         baseline_name = paper.baseline if paper else model_name.replace('_mod', '')
         params, macs = measure(timm.create_model(model_name, device='meta'))

@@ -10,7 +10,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 from timm.models import clean_state_dict, get_pretrained_cfg_value
 
-from ._builder import describe_state_dict_mismatch
+from ._builder import describe_state_dict_mismatch, require_registered
 
 __all__ = ['Checkpoint', 'load_checkpoint_file', 'infer_num_classes', 'model_from_checkpoint']
 
@@ -79,8 +79,7 @@ def model_from_checkpoint(
     `num_classes` defaults to the checkpoint's classifier. A checkpoint of another model name or another
     configuration is a clear error naming the difference.
     """
-    if not timm.is_model(model_name):
-        raise ValueError(f'Unknown model {model_name!r}; `timm-mod list` shows the MoD zoo.')
+    require_registered(model_name)
     checkpoint = load_checkpoint_file(checkpoint_path, use_ema=use_ema)
     trained_as = checkpoint.train_args.get('model')
     if trained_as and trained_as != model_name:

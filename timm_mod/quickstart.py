@@ -24,6 +24,7 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import AverageMeter, CheckpointSaver, accuracy
 
+from ._builder import require_registered
 from .zoo import PAPER_MODELS, format_table, measure
 
 __all__ = [
@@ -112,12 +113,6 @@ class RunResult:
     checkpoint_dir: Path
 
 
-def _create_checked_model(model_name: str, **kwargs: Any) -> nn.Module:
-    if not timm.is_model(model_name):
-        raise ValueError(f'Unknown model {model_name!r}; `timm-mod list` shows the MoD zoo, timm.list_models() all.')
-    return timm.create_model(model_name, **kwargs)
-
-
 def _evaluate(model: nn.Module, loader) -> float:
     model.eval()
     top1 = AverageMeter()
@@ -150,7 +145,8 @@ def train_and_evaluate(
     for split in (cfg.train_split, cfg.val_split):
         check_image_folder(data_dir, split)
     torch.manual_seed(cfg.seed)
-    model = _create_checked_model(model_name, num_classes=cfg.num_classes, drop_rate=getattr(cfg, 'drop', 0.0))
+    model = timm.create_model(
+        require_registered(model_name), num_classes=cfg.num_classes, drop_rate=getattr(cfg, 'drop', 0.0))
     data_config = resolve_data_config(vars(cfg), model=model)
 
     dataset_train = create_dataset('', root=str(data_dir), split=cfg.train_split, is_training=True)
@@ -213,7 +209,7 @@ def run_quickstart(
         paper = PAPER_MODELS.get(model_name)
         baseline_name = paper.baseline if paper is not None else model_name.replace('_mod', '')
     for name in (model_name, baseline_name):
-        _create_checked_model(name, device='meta')
+        require_registered(name)
     data_dir = write_digits(data_dir)
     return [
         train_and_evaluate(name, train_args, data_dir, Path(output_dir) / name, epochs=epochs, progress=progress)

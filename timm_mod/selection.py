@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from timm.data import create_dataset, create_transform, resolve_data_config
 
+from ._builder import require_registered
 from .mod import MoDBlock
 
 __all__ = ['SelectionCounts', 'BlockSummary', 'load_model', 'count_selections', 'summarize', 'write_selection']
@@ -56,9 +57,7 @@ def load_model(model_name: str, checkpoint: Optional[Path] = None, num_classes: 
     if model_name.split(':')[0] in ('hf-hub', 'local-dir'):
         return timm.create_model(model_name, pretrained=True).eval(), {}
     if checkpoint is None:
-        if not timm.is_model(model_name):
-            raise ValueError(f'Unknown model {model_name!r}; `timm-mod list` shows the MoD zoo.')
-        return timm.create_model(model_name, num_classes=num_classes or 1000).eval(), {}
+        return timm.create_model(require_registered(model_name), num_classes=num_classes or 1000).eval(), {}
     model, weights, _ = model_from_checkpoint(model_name, checkpoint, num_classes=num_classes)
     return model.eval(), weights.train_args
 
