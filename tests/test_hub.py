@@ -71,6 +71,7 @@ def load_from_offline_hub_cache(folder: Path, cache: Path, repo_id: str, tmp_pat
     ('resnet18_mod', {}),
     ('resnet18_mod', {'c': 32}),
     ('mobilenetv2_mod', {}),
+    ('convnext_nano_mod', {}),
 ])
 def test_publish_then_load_by_local_dir_and_offline_hub(tmp_path: Path, model_name: str, model_kwargs: dict) -> None:
     trained = train_py_checkpoint(tmp_path / 'model_best.pth.tar', model_name, **model_kwargs)
@@ -230,3 +231,17 @@ def test_published_weights_become_tags_and_only_they() -> None:
     default = cfgs['resnet75_mod']
     assert default.tags[0] == 'in1k' and default.is_pretrained
     assert default.cfgs['in1k'].hf_hub_id == 'org/resnet75_mod.in1k' and not default.cfgs[''].has_weights
+
+
+def test_card_of_our_model_says_it_is_not_the_papers(tmp_path: Path) -> None:
+    train_py_checkpoint(tmp_path / 'ckpt.pth.tar', 'regnety_016_mod')
+    folder = Path(publish('regnety_016_mod', tmp_path / 'ckpt.pth.tar', out_dir=tmp_path / 'o'))
+    card = (folder / 'README.md').read_text()
+    assert "| not in the paper: timm-mod's MoD version of timm's `regnety_016` |" in card
+    assert 'stage depths 2,6,17,2' in card
+
+
+def test_a_plain_model_name_is_refused(tmp_path: Path) -> None:
+    train_py_checkpoint(tmp_path / 'ckpt.pth.tar', 'resnet18_mod')
+    with pytest.raises(ValueError, match="'resnet18' is not a registered MoD model"):
+        publish('resnet18', tmp_path / 'ckpt.pth.tar', out_dir=tmp_path / 'o')

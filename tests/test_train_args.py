@@ -55,7 +55,7 @@ def parse_like_train_py(path: Path) -> argparse.Namespace:
 
 def test_there_are_recipes_and_a_quickstart() -> None:
     assert {p.name for p in TRAIN_ARGS} == {
-        'quickstart.yaml', 'resnet_mod_imagenet.yaml', 'mobilenetv2_mod_imagenet.yaml'}
+        'quickstart.yaml', 'resnet_mod_imagenet.yaml', 'mobilenetv2_mod_imagenet.yaml', 'finetune_from_dense.yaml'}
     assert quickstart_args_file().read_text() == (ROOT / 'train_args' / 'quickstart.yaml').read_text()
 
 
@@ -85,6 +85,16 @@ def test_mobilenet_recipe_is_torchvisions_reference() -> None:
     expect(args, epochs=300, opt='momentum', lr=0.045, momentum=0.9, weight_decay=4e-5, sched='step',
            decay_epochs=1, decay_rate=0.98, warmup_epochs=0, smoothing=0.0, crop_pct=0.875)
     assert args['batch_size'] * 8 == 256, 'batch 256 total over the 8 GPUs of the documented command'
+
+
+def test_finetune_recipe_keeps_the_papers_data_and_lowers_the_learning_rate() -> None:
+    paper = load_train_args(ROOT / 'train_args' / 'resnet_mod_imagenet.yaml')
+    finetune = load_train_args(ROOT / 'train_args' / 'finetune_from_dense.yaml')
+    data_keys = ('input_size', 'crop_pct', 'interpolation', 'train_interpolation', 'scale', 'ratio', 'hflip',
+                 'color_jitter', 'smoothing', 'batch_size', 'weight_decay', 'opt', 'opt_kwargs')
+    assert {key: finetune[key] for key in data_keys} == {key: paper[key] for key in data_keys}
+    assert finetune['lr'] == paper['lr'] / 10 and finetune['epochs'] < paper['epochs']
+    assert 'initial-checkpoint' in (ROOT / 'train_args' / 'finetune_from_dense.yaml').read_text()
 
 
 @pytest.mark.parametrize('name', PAPER_MODELS)

@@ -7,7 +7,8 @@ import torch.nn as nn
 
 import timm_mod  # noqa: F401
 from timm_mod import MoDBlock
-from timm_mod.zoo import PAPER_BASELINE_GMACS, PAPER_MODELS, count_params_and_macs
+from timm_mod.zoo import (
+    OUR_MODELS, PAPER_BASELINE_GMACS, PAPER_MODELS, count_params_and_macs, describe_zoo, zoo_table_rows)
 
 
 def published_digits(value: str) -> int:
@@ -20,8 +21,19 @@ def model_stages(model: nn.Module) -> List[nn.Sequential]:
     return [model.layer1, model.layer2, model.layer3, model.layer4]
 
 
-def test_every_paper_model_is_registered() -> None:
-    assert set(PAPER_MODELS) == set(timm.list_models('*_mod*'))
+def test_every_paper_model_and_ours_is_registered() -> None:
+    assert set(PAPER_MODELS) | set(OUR_MODELS) == set(timm.list_models('*_mod*'))
+    assert not set(PAPER_MODELS) & set(OUR_MODELS)
+
+
+def test_zoo_table_marks_our_models_and_compares_them_with_their_original() -> None:
+    rows = {row[0]: row for row in zoo_table_rows(describe_zoo('*_mod'))}
+    for name, original in OUR_MODELS.items():
+        row = rows[name]
+        assert row[1] == 'ours (not in the paper)' and row[5] == '-'
+        params_ratio, mac_ratio = (float(row[i].split()[0]) for i in (6, 8))
+        assert row[6].endswith(f'({original})') and 0.3 < params_ratio < 1 and 0.3 < mac_ratio < 1
+    assert rows['resnet50_mod'][1] == 'ResNet50-MoD'
 
 
 @pytest.mark.parametrize('name', PAPER_MODELS)

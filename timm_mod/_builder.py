@@ -50,6 +50,23 @@ def require_registered(model_name: str) -> str:
     return model_name
 
 
+def is_mod_model_name(model_name: str) -> bool:
+    """ Whether timm-mod registered this model (as opposed to a plain timm model)."""
+    from timm.models import model_entrypoint
+    return model_entrypoint(require_registered(model_name)).__module__.startswith('timm_mod.')
+
+
+def create_mod_model(model_name: str, **kwargs: Any) -> nn.Module:
+    """ `timm.create_model` for a registered MoD model; any other timm model of a supported family comes
+    converted by `to_mod`, with the MoD arguments (c, r, fusion, routing) taken from kwargs as the registered
+    models take them, and the rest (pretrained, num_classes, ...) going to `timm.create_model`."""
+    from .mod import to_mod
+    if is_mod_model_name(model_name):
+        return timm.create_model(model_name, **kwargs)
+    mod_args = {key: kwargs.pop(key) for key in ('c', 'r', 'fusion', 'routing') if key in kwargs}
+    return to_mod(timm.create_model(model_name, **kwargs), **mod_args)
+
+
 def require_weight_source(variant: str, pretrained_cfg: Optional[Dict], pretrained_cfg_overlay: Optional[Dict]) -> None:
     """ Fail before building when `pretrained=True` has nothing to load, saying how to give weights."""
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
@@ -90,9 +107,10 @@ def describe_state_dict_mismatch(model: nn.Module, state_dict: Dict[str, torch.T
             problems.append(f'MoD block {name} sees {block.in_channels} channels in the model, '
                             f'{state_dict[selector].shape[1]} in the checkpoint: another architecture')
             continue
-        slim_weight = next(k for k in expected if k.startswith(f'{name}.block.') and expected[k].dim() == 4)
-        if slim_weight in state_dict and state_dict[slim_weight].shape[1] != block.k:
-            k_checkpoint = state_dict[slim_weight].shape[1]
+        conv_name, conv = next((n, m) for n, m in block.block.named_modules() if isinstance(m, nn.Conv2d))
+        slim_weight = state_dict.get(f'{name}.block.{conv_name}.weight')
+        if slim_weight is not None and slim_weight.shape != conv.weight.shape:
+            k_checkpoint = slim_weight.shape[0] if conv.groups > 1 else slim_weight.shape[1]  # depthwise: k filters
             problems.append(
                 f'MoD block {name} processes k={block.k} channels of {block.in_channels} (c={block.c}) but the '
                 f'checkpoint has k={k_checkpoint} (c={block.in_channels // k_checkpoint}): another c')

@@ -19,9 +19,9 @@ import torch
 import torch.nn as nn
 from torch.utils.benchmark import Timer
 
-from ._builder import require_registered
+from ._builder import create_mod_model
 from .mod import MoDBlock
-from .zoo import PAPER_MODELS, measure
+from .zoo import PAPER_MODELS, baseline_of, measure
 
 __all__ = ['BenchSetting', 'BenchRow', 'identity_bound', 'make_step', 'time_side_by_side', 'run_benchmark',
            'BENCH_COLUMNS', 'bench_table_rows', 'write_results']
@@ -128,17 +128,20 @@ def run_benchmark(
         min_run_time: float = 0.2,
         progress: bool = True,
 ) -> List[BenchRow]:
-    """ Time every MoD model against its paper baseline and its identity bound under every setting."""
+    """ Time every MoD model against its baseline and its identity bound under every setting.
+
+    A registered MoD model is compared with its `baseline_of`; a plain timm model name is converted with
+    `to_mod` (its family's default c) and compared with itself.
+    """
     rows = []
     total = len(model_names) * len(settings)
     for model_name in model_names:
-        require_registered(model_name)
         paper = PAPER_MODELS.get(model_name)
-        baseline_name = paper.baseline if paper else model_name.replace('_mod', '')
-        params, macs = measure(timm.create_model(model_name, device='meta'))
+        baseline_name = baseline_of(model_name)
+        params, macs = measure(create_mod_model(model_name, device='meta'))
         for setting in settings:
             torch.manual_seed(0)
-            mod = timm.create_model(model_name)
+            mod = create_mod_model(model_name)
             models = {'mod': mod, 'baseline': timm.create_model(baseline_name), 'identity': identity_bound(mod)}
             steps = {name: make_step(model, setting) for name, model in models.items()}
             times = time_side_by_side(steps, setting.threads, rounds=rounds, min_run_time=min_run_time)

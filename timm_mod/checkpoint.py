@@ -4,15 +4,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-import timm
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file
+import timm
+from safetensors.torch import load_file, save_file
 from timm.models import clean_state_dict, get_pretrained_cfg_value
 
-from ._builder import describe_state_dict_mismatch, require_registered
+from ._builder import create_mod_model, describe_state_dict_mismatch, require_registered
+from .mod import MoDBlock, to_mod
 
-__all__ = ['Checkpoint', 'load_checkpoint_file', 'infer_num_classes', 'model_from_checkpoint']
+__all__ = [
+    'Checkpoint', 'load_checkpoint_file', 'infer_num_classes', 'model_from_checkpoint', 'plain_counterpart',
+    'mod_from_dense', 'convert_dense_weights',
+]
 
 
 @dataclass
@@ -88,9 +92,86 @@ def model_from_checkpoint(
     model_kwargs = {**(checkpoint.train_args.get('model_kwargs') or {}), **(model_kwargs or {})}
     if num_classes is None:
         num_classes = infer_num_classes(model_name, checkpoint.state_dict)
-    model = timm.create_model(model_name, num_classes=num_classes, **model_kwargs)
+    model = create_mod_model(model_name, num_classes=num_classes, **model_kwargs)
     mismatch = describe_state_dict_mismatch(model, checkpoint.state_dict)
     if mismatch:
         raise ValueError(f'The weights in {checkpoint.path} do not fit {model_name!r} {model_kwargs or ""}: {mismatch}')
     model.load_state_dict(checkpoint.state_dict)
     return model, checkpoint, model_kwargs
+
+
+def plain_counterpart(mod_name: str) -> str:
+    """ The plain timm model whose dense weights fit a registered MoD model: the same model without MoD.
+
+    Found by building both on the meta device and comparing every tensor outside the MoD blocks, so
+    ResNet75-MoD (no ResNet75 in timm) or ResNet26-MoD (timm's resnet26 is another network) say so.
+    """
+    from .zoo import OUR_MODELS
+    require_registered(mod_name)
+    base = mod_name.split('_mod')[0]
+    candidates = [name for name in dict.fromkeys((OUR_MODELS.get(mod_name), base, f'{base}_100'))
+                  if name and timm.is_model(name)]
+    for name in candidates:
+        try:
+            mod_from_dense(mod_name, timm.create_model(name, device='meta'))
+        except ValueError:
+            continue
+        return name
+    raise ValueError(
+        f'{mod_name!r} has no plain timm counterpart with the same dense layers '
+        f'(tried {", ".join(candidates) or base}), so no dense weights fit it; train it from scratch.')
+
+
+def mod_from_dense(mod_name: str, dense: nn.Module) -> nn.Module:
+    """ `to_mod` of a plain model with the registered MoD model's own c, r, fusion and routing, checked to have
+    exactly the registered model's tensors (a clear error otherwise)."""
+    reference = timm.create_model(mod_name, device='meta', num_classes=dense.num_classes)
+    block = next(m for m in reference.modules() if isinstance(m, MoDBlock))
+    r = block.selector.r if block.selector is not None else 16
+    converted = to_mod(dense, c=block.c, r=r, fusion=block.fusion, routing=block.routing)
+    expected = {key: value.shape for key, value in reference.state_dict().items()}
+    actual = {key: value.shape for key, value in converted.state_dict().items()}
+    if expected != actual:
+        differing = sorted(set(expected.items()) ^ set(actual.items()))[:3]
+        raise ValueError(f'to_mod({type(dense).__name__}) does not give {mod_name!r}: {differing} differ')
+    return converted
+
+
+def convert_dense_weights(
+        mod_name: str,
+        output: Path,
+        checkpoint_path: Optional[Path] = None,
+        pretrained: bool = False,
+        overwrite: bool = False,
+) -> Path:
+    """ An `--initial-checkpoint` for train.py: the plain counterpart's trained weights in the MoD model.
+
+    The plain model is built with timm's pretrained weights or loaded from a checkpoint of it, converted by
+    `to_mod` (its kept blocks, stem and head unchanged, MoD blocks freshly initialised) and saved as a state
+    dict that `timm.models.load_checkpoint` loads strictly into `mod_name`.
+    """
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f'{output} exists; choose another --output or pass --overwrite.')
+    if (checkpoint_path is None) == (not pretrained):
+        raise ValueError('Give the dense weights either as --checkpoint FILE or as --pretrained (timm\'s own).')
+    plain_name = plain_counterpart(mod_name)
+    if pretrained:
+        dense = timm.create_model(plain_name, pretrained=True)
+    else:
+        checkpoint = load_checkpoint_file(checkpoint_path)
+        dense = timm.create_model(plain_name, num_classes=infer_num_classes(plain_name, checkpoint.state_dict))
+        try:
+            dense.load_state_dict(checkpoint.state_dict)
+        except RuntimeError as error:
+            raise ValueError(f'{checkpoint_path} is not a checkpoint of {plain_name!r}, the plain counterpart of '
+                             f'{mod_name!r}: {str(error)[:400]}') from error
+    state_dict = mod_from_dense(mod_name, dense).state_dict()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staged = output.with_name(f'.{output.name}.partial')
+    if output.suffix == '.safetensors':
+        save_file(state_dict, str(staged))
+    else:
+        torch.save(state_dict, staged)
+    staged.replace(output)
+    return output

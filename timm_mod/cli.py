@@ -50,6 +50,15 @@ def _publish(args: argparse.Namespace) -> None:
     print(location)
 
 
+def _convert(args: argparse.Namespace) -> None:
+    from .checkpoint import convert_dense_weights, plain_counterpart
+    path = convert_dense_weights(
+        args.model, args.output, checkpoint_path=args.checkpoint, pretrained=args.pretrained, overwrite=args.overwrite)
+    print(f'{plain_counterpart(args.model)} weights in {args.model}: {path}\n'
+          f'fine-tune: python train.py -c train_args/finetune_from_dense.yaml --model {args.model} '
+          f'--initial-checkpoint {path} --data-dir DATA')
+
+
 def _benchmark(args: argparse.Namespace) -> None:
     import itertools
     import os
@@ -112,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help='Hub dataset id for the card (default: imagenet-1k for 1000 classes)')
     publish.add_argument('--overwrite', action='store_true', help='replace a non-empty --out-dir')
     publish.set_defaults(run=_publish)
+
+    convert = commands.add_parser(
+        'convert', help="a plain model's trained weights as an --initial-checkpoint for its MoD model (to_mod)")
+    convert.add_argument('--model', required=True, help='registered MoD model, e.g. resnet50_mod')
+    source = convert.add_mutually_exclusive_group(required=True)
+    source.add_argument('--checkpoint', type=Path, help='checkpoint of the plain counterpart (e.g. resnet50)')
+    source.add_argument('--pretrained', action='store_true', help="timm's pretrained weights of the plain counterpart")
+    convert.add_argument('--output', type=Path, required=True, help='state dict to write (.pth or .safetensors)')
+    convert.add_argument('--overwrite', action='store_true', help='replace an existing --output')
+    convert.set_defaults(run=_convert)
 
     bench = commands.add_parser(
         'benchmark', help="speed-up over the paper's baseline beside the identity bound, measured side by side")

@@ -15,16 +15,79 @@ from typing import Any, Dict, List, Optional
 import torch.nn as nn
 from timm.layers import LayerType
 from timm.models import register_model, generate_default_cfgs
-from timm.models._efficientnet_blocks import SqueezeExcite
+from timm.layers import make_divisible
+from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
 from timm.models._efficientnet_builder import (
     BlockArgs, EfficientNetBuilder, decode_arch_def, efficientnet_init_weights, resolve_act_layer, resolve_bn_args,
     round_channels)
 from timm.models.efficientnet import EfficientNet
+from timm.models.mobilenetv3 import MobileNetV3
 
 from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
-from .mod import MoDBlock, mod_every_second_block
+from .mod import MoDBlock, ModFamily, mod_every_second_block, norm_layer_of, register_family
 
-__all__ = ['MoDEfficientNet', 'slim_efficientnet_block']
+__all__ = ['EFFICIENTNET_FAMILY', 'MoDEfficientNet', 'efficientnet_block_config', 'slim_efficientnet_block']
+
+MOD_BLOCK_TYPES = (InvertedResidual, DepthwiseSeparableConv)
+
+
+def _at_least_one(channels: float) -> int:
+    """ Squeeze width of a slim block's SE: rounded like timm's, but never zero."""
+    return max(1, round(channels))
+
+
+def efficientnet_block_config(dense: nn.Module) -> Dict[str, Any]:
+    """ The settings of a timm InvertedResidual / DepthwiseSeparableConv, read back from the block itself.
+
+    Its SE keeps the dense block's squeeze ratio, activation and gate.
+    """
+    if not isinstance(dense, MOD_BLOCK_TYPES):
+        raise TypeError(
+            f'MoD for the EfficientNet family wraps InvertedResidual and DepthwiseSeparableConv blocks, not '
+            f'{type(dense).__name__}; this model has one where MoD would go.')
+    dw_channels, dw_groups = dense.conv_dw.in_channels, dense.conv_dw.groups
+    config = dict(
+        dw_kernel_size=dense.conv_dw.kernel_size[0],
+        dilation=dense.conv_dw.dilation[0],
+        group_size=dw_channels // dw_groups if dw_groups > 1 else 0,
+        pw_kernel_size=dense.conv_pw.kernel_size[0] if isinstance(dense, DepthwiseSeparableConv)
+        else dense.conv_pwl.kernel_size[0],
+        act_layer=type(dense.bn1.act),
+        norm_layer=norm_layer_of(dense.bn1),
+        se_layer=None,
+    )
+    if isinstance(dense.se, SqueezeExcite):
+        config['se_layer'] = partial(
+            type(dense.se),
+            rd_ratio=dense.se.conv_reduce.out_channels / dense.se.conv_reduce.in_channels,
+            rd_round_fn=_at_least_one,
+            force_act_layer=type(dense.se.act1),
+            gate_layer=type(dense.se.gate),
+        )
+    if isinstance(dense, InvertedResidual):
+        config.update(exp_ratio=dense.conv_pw.out_channels / dense.conv_pw.in_channels,
+                      exp_kernel_size=dense.conv_pw.kernel_size[0])
+    else:
+        config.update(pw_act=dense.has_pw_act)
+    return config
+
+
+def _efficientnet_slim_width_ok(dense: nn.Module, width: int) -> bool:
+    """ Grouped (not depthwise) convolutions need the slim width to hold whole groups."""
+    config = efficientnet_block_config(dense)
+    dw_width = make_divisible(width * config.get('exp_ratio', 1.0))
+    return config['group_size'] <= 1 or dw_width % config['group_size'] == 0
+
+
+EFFICIENTNET_FAMILY = register_family(ModFamily(
+    name='EfficientNet',
+    model_types=(EfficientNet, MobileNetV3),
+    stages=lambda model: list(model.blocks),
+    slim_block=lambda dense, width, **dd: type(dense)(width, width, **efficientnet_block_config(dense), **dd),
+    slim_width_ok=_efficientnet_slim_width_ok,
+    init_block=efficientnet_init_weights,
+    preferred_c=16,
+))
 
 
 def slim_efficientnet_block(
@@ -112,6 +175,26 @@ class MoDEfficientNet(EfficientNet):
                 efficientnet_init_weights(module.block)
 
 
+def _create_mod_efficientnet(
+        variant: str,
+        arch_def: List[List[str]],
+        pretrained: bool = False,
+        **kwargs: Any,
+) -> MoDEfficientNet:
+    """ EfficientNet-B0 settings as timm's `_gen_efficientnet` (multipliers 1.0): stem 32, head 1280, SiLU."""
+    model_kwargs = dict(
+        block_args=decode_arch_def(arch_def),
+        num_features=1280,
+        stem_size=32,
+        round_chs_fn=round_channels,
+        norm_layer=kwargs.pop('norm_layer', None) or partial(nn.BatchNorm2d, **resolve_bn_args(kwargs)),
+        act_layer=resolve_act_layer(kwargs, 'swish'),
+        **kwargs,
+    )
+    return build_mod_model(
+        MoDEfficientNet, variant, pretrained, feature_cfg=dict(flatten_sequential=True), **model_kwargs)
+
+
 def _create_mod_mobilenetv2(
         variant: str,
         arch_def: List[List[str]],
@@ -141,6 +224,7 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 default_cfgs = generate_default_cfgs(mod_default_cfgs({
     'mobilenetv2_mod': _cfg(),
     'mobilenetv2_mod_l': _cfg(),
+    'efficientnet_b0_mod': _cfg(),
 }))
 
 
@@ -174,3 +258,19 @@ def mobilenetv2_mod_l(pretrained: bool = False, **kwargs) -> MoDEfficientNet:
     ]
     model_args = dict(c=16)
     return _create_mod_mobilenetv2('mobilenetv2_mod_l', arch_def, pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def efficientnet_b0_mod(pretrained: bool = False, **kwargs) -> MoDEfficientNet:
+    """EfficientNet-B0-MoD (ours): timm's efficientnet_b0 with MoD, c=6 (k >= 4 in every MoD stage)."""
+    arch_def = [
+        ['ds_r1_k3_s1_e1_c16_se0.25'],
+        ['ir_r2_k3_s2_e6_c24_se0.25'],
+        ['ir_r2_k5_s2_e6_c40_se0.25'],
+        ['ir_r3_k3_s2_e6_c80_se0.25'],
+        ['ir_r3_k5_s1_e6_c112_se0.25'],
+        ['ir_r4_k5_s2_e6_c192_se0.25'],
+        ['ir_r1_k3_s1_e6_c320_se0.25'],
+    ]
+    model_args = dict(c=6)
+    return _create_mod_efficientnet('efficientnet_b0_mod', arch_def, pretrained, **dict(model_args, **kwargs))

@@ -20,9 +20,10 @@ import yaml
 from timm.data import resolve_data_config
 from timm.models import save_for_hf
 
+from ._builder import is_mod_model_name
 from .checkpoint import Checkpoint, model_from_checkpoint
-from .mod import MoDBlock
-from .zoo import PAPER_MODELS, measure
+from .mod import MoDBlock, find_family
+from .zoo import OUR_MODELS, PAPER_MODELS, measure
 
 __all__ = ['read_results', 'render_model_card', 'check_hub_access', 'publish']
 
@@ -89,9 +90,12 @@ def render_model_card(
     """ The Hub README.md: metadata header, architecture, the paper's row, this checkpoint's results."""
     paper = PAPER_MODELS.get(model_name)
     params, macs = measure(model, input_size=model.pretrained_cfg['input_size'])
-    paper_row = (
-        f'| {paper.paper_name} | {paper.top1} | {paper.gmacs} | {paper.params} | {paper.cpu_ms} | {paper.gpu_ms} |'
-        if paper else '| (not a model of the paper) | - | - | - | - | - |')
+    if paper:
+        paper_row = (f'| {paper.paper_name} | {paper.top1} | {paper.gmacs} | {paper.params} | {paper.cpu_ms} '
+                     f'| {paper.gpu_ms} |')
+    else:
+        origin = f"timm-mod's MoD version of timm's `{OUR_MODELS[model_name]}`" if model_name in OUR_MODELS else '-'
+        paper_row = f'| not in the paper: {origin} | - | - | - | - | - |'
     if results.get('top1') is not None:
         own = f"top-1 {float(results['top1']):.2f} %" + (
             f", top-5 {float(results['top5']):.2f} %" if results.get('top5') not in (None, '') else '')
@@ -104,7 +108,7 @@ def render_model_card(
         repo_name=repo_name,
         model_name=model_name,
         paper_name=paper.paper_name if paper else model_name,
-        depths=','.join(map(str, paper.depths)) if paper else '-',
+        depths=','.join(str(len(list(stage.children()))) for stage in find_family(model).stages(model)),
         num_classes=model.num_classes,
         params_m=f'{params / 1e6:.2f}',
         gmacs=f'{macs / 1e9:.3f}',
@@ -170,6 +174,10 @@ def publish(
         out_dir = Path(out_dir)
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
             raise FileExistsError(f'{out_dir} exists and is not empty; choose another --out-dir or pass --overwrite.')
+    if not is_mod_model_name(model_name):
+        raise ValueError(
+            f'{model_name!r} is not a registered MoD model, and timm could not rebuild a to_mod-converted '
+            f'{model_name!r} from a Hub config; publish a registered *_mod model (`timm-mod list`).')
     model, checkpoint, model_kwargs = model_from_checkpoint(
         model_name, checkpoint_path, num_classes=num_classes, model_kwargs=model_kwargs, use_ema=use_ema)
 

@@ -9,9 +9,11 @@ Every tensor shape depends only on the input shape, so the graph is static: no c
 TorchScript, FX, `torch.compile(fullgraph=True)`, `torch.export` and ONNX all see one graph.
 
 The adapter knows nothing about model families. A family says where MoD goes and how to build its slim
-block (`SlimBlockFn`); `mod_every_second_block` does the rest.
+block (a `ModFamily`, declared in each family module); `mod_every_second_block` and `to_mod` do the rest.
 """
-from typing import Callable, Optional, Tuple
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, List, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -22,7 +24,8 @@ __all__ = [
     'FUSION_TARGETS', 'ROUTING_MODES', 'SlimBlockFn',
     'ChannelSelector', 'MoDBlock', 'mod_width', 'gather_channels', 'hashed_channel_noise', 'random_channel_indices',
     'fuse_channels',
-    'block_in_channels', 'mod_every_second_block',
+    'block_in_channels', 'norm_layer_of', 'mod_every_second_block', 'mod_block_for',
+    'ModFamily', 'MOD_FAMILIES', 'register_family', 'find_family', 'mod_positions', 'default_c', 'apply_mod', 'to_mod',
 ]
 
 FUSION_TARGETS = ('first', 'last')
@@ -68,6 +71,7 @@ class ChannelSelector(nn.Module):
         super().__init__()
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(f'MoD selector reduction r must be a positive integer, got r={r!r}.')
+        self.r = r
         hidden = max(1, channels // r)
         self.fc1 = nn.Linear(channels, hidden, bias=False, **dd)
         self.act = nn.ReLU(inplace=True)
@@ -241,8 +245,14 @@ def block_in_channels(block: nn.Module) -> int:
     return first_conv.in_channels
 
 
+def norm_layer_of(norm: nn.Module) -> Callable[..., nn.Module]:
+    """ A factory for norm layers like `norm` (its class and eps), so a slim block normalises as the dense one."""
+    eps = getattr(norm, 'eps', None)
+    return type(norm) if eps is None else partial(type(norm), eps=eps)
+
+
 def mod_every_second_block(
-        stage: nn.Sequential,
+        stage: nn.Module,
         make_slim_block: SlimBlockFn,
         c: int,
         r: int = 16,
@@ -257,20 +267,155 @@ def mod_every_second_block(
     blocks alternate. Each MoD block takes over the stochastic-depth module of the block it replaces.
 
     Args:
-        stage: The stage's blocks; every block at an odd index must keep its width from input to output.
+        stage: A module whose children are the stage's blocks in order (an `nn.Sequential` or a container
+            like RegNet's stage); every block at an odd index must keep its width from input to output.
         make_slim_block: Builds the slim block from the dense block it replaces and the width k.
         c, r, fusion, routing: See `MoDBlock`.
     """
-    for index in range(1, len(stage), 2):
-        dense = stage[index]
-        stage[index] = MoDBlock(
-            block_in_channels(dense),
-            lambda width, dense=dense: make_slim_block(dense, width),
-            c=c,
-            r=r,
-            fusion=fusion,
-            routing=routing,
-            drop_path=getattr(dense, 'drop_path', None),
-            device=device,
-            dtype=dtype,
-        )
+    for name, dense in list(stage.named_children())[1::2]:
+        setattr(stage, name, mod_block_for(dense, make_slim_block, c, r, fusion, routing, device=device, dtype=dtype))
+
+
+def mod_block_for(
+        dense: nn.Module,
+        make_slim_block: SlimBlockFn,
+        c: int,
+        r: int = 16,
+        fusion: str = 'first',
+        routing: str = 'learned',
+        device=None,
+        dtype=None,
+) -> MoDBlock:
+    """ The MoD block that replaces `dense`: its width, a slim copy of it, and its stochastic depth."""
+    return MoDBlock(
+        block_in_channels(dense),
+        lambda width: make_slim_block(dense, width),
+        c=c,
+        r=r,
+        fusion=fusion,
+        routing=routing,
+        drop_path=getattr(dense, 'drop_path', None),
+        device=device,
+        dtype=dtype,
+    )
+
+
+@dataclass(frozen=True)
+class ModFamily:
+    """ How MoD fits one family of timm models; the family modules declare one each, `to_mod` uses them.
+
+    Attributes:
+        name: The family's name in messages and docs.
+        model_types: timm model classes of the family.
+        stages: The stages of a model, each a module whose children are its blocks in order.
+        slim_block: The dense block's class rebuilt from its own settings at width k (k in, k out), called as
+            slim_block(dense, k, device=..., dtype=...).
+        slim_width_ok: Whether that slim block can be k wide (ResNeXt's groups, for example, need k large enough).
+        init_block: The family's weight init, applied to each new slim block.
+        preferred_c: Where the default c starts (the paper's c where it has one); see `default_c`.
+    """
+    name: str
+    model_types: Tuple[Type[nn.Module], ...]
+    stages: Callable[[nn.Module], List[nn.Module]]
+    slim_block: Callable[..., nn.Module]
+    slim_width_ok: Callable[[nn.Module, int], bool]
+    init_block: Callable[[nn.Module], None]
+    preferred_c: int
+
+
+MOD_FAMILIES: List[ModFamily] = []
+MIN_DEFAULT_WIDTH = 4  # the default c leaves every MoD block at least this many channels
+
+
+def register_family(family: ModFamily) -> ModFamily:
+    """ Make a family known to `to_mod` (each family module registers its own on import)."""
+    MOD_FAMILIES.append(family)
+    return family
+
+
+def find_family(model: nn.Module) -> ModFamily:
+    """ The family of a timm model, or a clear error naming its class and the supported ones."""
+    for family in MOD_FAMILIES:
+        if isinstance(model, family.model_types):
+            return family
+    supported = '; '.join(f'{f.name} ({", ".join(t.__name__ for t in f.model_types)})' for f in MOD_FAMILIES)
+    raise TypeError(
+        f'to_mod does not support {type(model).__name__} models; supported timm model classes: {supported}. '
+        f'Build a model of one of these with timm.create_model (not features_only), or declare a ModFamily.')
+
+
+def mod_positions(model: nn.Module, family: ModFamily) -> List[Tuple[nn.Module, str, nn.Module]]:
+    """ (stage, child name, dense block) for every block MoD replaces: odd indices of each stage."""
+    return [(stage, name, block)
+            for stage in family.stages(model) for name, block in list(stage.named_children())[1::2]]
+
+
+def default_c(model: nn.Module) -> int:
+    """ The family's preferred c, lowered to the largest c that leaves every MoD block k >= 4 channels
+    (`MIN_DEFAULT_WIDTH`, or all of a narrower block's) and a slim block the family can build at that k."""
+    family = find_family(model)
+    widths = [(block, block_in_channels(block)) for _, _, block in mod_positions(model, family)]
+    for c in range(family.preferred_c, 1, -1):
+        if all(channels // c >= min(MIN_DEFAULT_WIDTH, channels) and family.slim_width_ok(block, channels // c)
+               for block, channels in widths):
+            return c
+    return 1
+
+
+def apply_mod(
+        model: nn.Module,
+        family: ModFamily,
+        c: int,
+        r: int = 16,
+        fusion: str = 'first',
+        routing: str = 'learned',
+) -> nn.Module:
+    """ Put MoD blocks into a model of `family` in place (every c checked first, so a bad c changes nothing)."""
+    positions = mod_positions(model, family)
+    for stage, name, dense in positions:
+        channels = block_in_channels(dense)
+        k = mod_width(channels, c)
+        if not family.slim_width_ok(dense, k):
+            valid = [d for d in range(c, 0, -1) if all(
+                family.slim_width_ok(b, block_in_channels(b) // d) for _, _, b in positions)]
+            raise ValueError(
+                f'c={c} gives the MoD block at {name} of a {family.name} stage k={k} of {channels} channels, too '
+                f'narrow for a slim {type(dense).__name__} of the same configuration; the largest c that works '
+                f'for this model is {valid[0] if valid else 1}.')
+    for stage, name, dense in positions:
+        weight = next(dense.parameters())
+        dd = {'device': weight.device, 'dtype': weight.dtype}
+        block = mod_block_for(dense, partial(family.slim_block, **dd), c, r, fusion, routing, **dd)
+        family.init_block(block.block)
+        setattr(stage, name, block.train(dense.training))
+    return model
+
+
+def to_mod(
+        model: nn.Module,
+        c: Optional[int] = None,
+        r: int = 16,
+        fusion: str = 'first',
+        routing: str = 'learned',
+) -> nn.Module:
+    """ Turn a timm CNN into its Mixture-of-Depths version, in place, and return it.
+
+    Every block at an odd index of each stage becomes a MoD block over a slim block of the same class and
+    configuration at width k = C // c (freshly initialised, as the family initialises it); every other
+    module, weights included, stays as it was, so a trained model keeps its stem, head and kept blocks.
+    Like `timm.layers.convert_sync_batchnorm` it changes `model` itself: deep-copy first to keep the original.
+
+    Args:
+        model: A model from `timm.create_model` of a supported family (`MOD_FAMILIES`).
+        c: Channel divisor; None takes the family default (`default_c`).
+        r, fusion, routing: See `MoDBlock`.
+    """
+    if any(isinstance(m, MoDBlock) for m in model.modules()):
+        raise ValueError(
+            f'This {type(model).__name__} already has MoD blocks; to_mod converts a plain model once. '
+            f'To change c or r, convert the plain model again.')
+    family = find_family(model)
+    if not mod_positions(model, family):
+        raise ValueError(
+            f'This {type(model).__name__} has no stage with a second block, so there is nowhere to put MoD.')
+    return apply_mod(model, family, default_c(model) if c is None else c, r, fusion, routing)

@@ -25,7 +25,7 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import AverageMeter, CheckpointSaver, accuracy
 
 from ._builder import require_registered
-from .zoo import PAPER_MODELS, format_table, measure
+from .zoo import baseline_of, format_table, measure
 
 __all__ = [
     'DIGITS_SPLITS', 'DEFAULT_DATA_DIR', 'quickstart_args_file', 'load_train_args', 'write_digits',
@@ -205,11 +205,9 @@ def run_quickstart(
     """ Write the digits once, then train the MoD model and its plain timm counterpart with one recipe."""
     train_args = load_train_args(train_args_file or quickstart_args_file())
     model_name = model_name or train_args['model']
-    if baseline_name is None:
-        paper = PAPER_MODELS.get(model_name)
-        baseline_name = paper.baseline if paper is not None else model_name.replace('_mod', '')
-    for name in (model_name, baseline_name):
+    for name in (model_name, baseline_name or model_name):
         require_registered(name)
+    baseline_name = baseline_name or baseline_of(model_name)
     data_dir = write_digits(data_dir)
     return [
         train_and_evaluate(name, train_args, data_dir, Path(output_dir) / name, epochs=epochs, progress=progress)

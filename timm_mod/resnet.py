@@ -15,15 +15,41 @@ from timm.models import register_model, generate_default_cfgs
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
-from .mod import mod_every_second_block
+from .mod import ModFamily, mod_every_second_block, norm_layer_of, register_family
 
-__all__ = ['MoDResNet', 'slim_resnet_block']
+__all__ = ['MoDResNet', 'RESNET_FAMILY', 'resnet_block_config', 'slim_resnet_block']
 
 ResNetBlock = Union[Type[BasicBlock], Type[Bottleneck]]
 
 
+def resnet_block_config(dense: nn.Module) -> Dict[str, Any]:
+    """ The settings a timm BasicBlock / Bottleneck was built with, read back from the block itself.
+
+    Grouped widths follow timm's rule, width = floor(planes * base_width / 64) * cardinality.
+    """
+    if isinstance(dense, Bottleneck):
+        width, cardinality = dense.conv2.out_channels, dense.conv2.groups
+        planes = dense.conv3.out_channels // Bottleneck.expansion
+        base_width = width // cardinality * 64 // planes
+    elif isinstance(dense, BasicBlock):
+        width, cardinality, base_width = dense.conv2.out_channels, 1, 64
+    else:
+        raise TypeError(f'A timm ResNet block is a BasicBlock or Bottleneck, not {type(dense).__name__}.')
+    return dict(
+        cardinality=cardinality,
+        base_width=base_width,
+        reduce_first=width // dense.conv1.out_channels,
+        act_layer=type(dense.act1),
+        norm_layer=norm_layer_of(dense.bn1),
+        attn_layer=None if dense.se is None else type(dense.se),
+    )
+
+
 def slim_resnet_block(dense: nn.Module, width: int, **block_kwargs: Any) -> nn.Module:
-    """ The dense block's own class at width k: Bottleneck(k, k // 4) is 1x1 k -> k/4, 3x3, 1x1 k/4 -> k."""
+    """ The dense block's own class at width k: Bottleneck(k, k // 4) is 1x1 k -> k/4, 3x3, 1x1 k/4 -> k.
+
+    A ResNeXt block keeps its cardinality, so its groups shrink with k as they do from stage to stage.
+    """
     block_cls = type(dense)
     expansion = block_cls.expansion
     if width % expansion:
@@ -31,7 +57,33 @@ def slim_resnet_block(dense: nn.Module, width: int, **block_kwargs: Any) -> nn.M
             f'MoD width k={width} is not a multiple of the {block_cls.__name__} expansion {expansion}, so a slim '
             f'{block_cls.__name__} cannot map k channels to k; choose c so that every stage width // c is a '
             f'multiple of {expansion} (the paper uses c=64).')
+    cardinality, base_width = block_kwargs.get('cardinality', 1), block_kwargs.get('base_width', 64)
+    if (width // expansion) * base_width < 64:
+        raise ValueError(
+            f'MoD width k={width} gives a slim {block_cls.__name__} with {cardinality} groups of '
+            f'floor({width // expansion} * {base_width} / 64) = 0 channels; choose a smaller c.')
     return block_cls(width, width // expansion, dilation=dense.dilation, **block_kwargs)
+
+
+def _resnet_slim_width_ok(dense: nn.Module, width: int) -> bool:
+    expansion = type(dense).expansion
+    return width % expansion == 0 and (width // expansion) * resnet_block_config(dense)['base_width'] >= 64
+
+
+def _init_resnet_block(block: nn.Module) -> None:
+    """ timm's ResNet init (Kaiming normal convs, zeroed last norm), on one block."""
+    ResNet.init_weights(block, zero_init_last=True)
+
+
+RESNET_FAMILY = register_family(ModFamily(
+    name='ResNet',
+    model_types=(ResNet,),
+    stages=lambda model: [model.layer1, model.layer2, model.layer3, model.layer4],
+    slim_block=lambda dense, width, **dd: slim_resnet_block(dense, width, **resnet_block_config(dense), **dd),
+    slim_width_ok=_resnet_slim_width_ok,
+    init_block=_init_resnet_block,
+    preferred_c=64,
+))
 
 
 class MoDResNet(ResNet):
@@ -114,7 +166,7 @@ def _create_mod_resnet(variant: str, pretrained: bool = False, **kwargs: Any) ->
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
-    return mod_cfg(first_conv='conv1', classifier='fc', **kwargs)
+    return mod_cfg(**dict(dict(first_conv='conv1', classifier='fc'), **kwargs))
 
 
 default_cfgs = generate_default_cfgs(mod_default_cfgs({
@@ -131,6 +183,8 @@ default_cfgs = generate_default_cfgs(mod_default_cfgs({
     'resnet50_mod_lk': _cfg(),
     'resnet75_mod_lk': _cfg(),
     'resnet86_mod_lk': _cfg(),
+    'resnet50d_mod': _cfg(first_conv='conv1.0'),
+    'seresnext50_32x4d_mod': _cfg(),
 }))
 
 
@@ -223,3 +277,18 @@ def resnet86_mod_lk(pretrained: bool = False, **kwargs) -> MoDResNet:
     """ResNet86-MoD fusing into the last k channels ("R86-MoD-lk", paper Table 8)."""
     model_args = dict(block=Bottleneck, layers=(3, 4, 18, 3), c=64, fusion='last')
     return _create_mod_resnet('resnet86_mod_lk', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet50d_mod(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """ResNet50-D-MoD (ours): timm's resnet50d (deep stem, average-pool downsampling) with MoD, c=64."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), stem_width=32, stem_type='deep', avg_down=True, c=64)
+    return _create_mod_resnet('resnet50d_mod', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def seresnext50_32x4d_mod(pretrained: bool = False, **kwargs) -> MoDResNet:
+    """SE-ResNeXt50 (32x4d)-MoD (ours): c=4, the largest c whose slim blocks keep all 32 groups."""
+    model_args = dict(
+        block=Bottleneck, layers=(3, 4, 6, 3), cardinality=32, base_width=4, block_args=dict(attn_layer='se'), c=4)
+    return _create_mod_resnet('seresnext50_32x4d_mod', pretrained, **dict(model_args, **kwargs))

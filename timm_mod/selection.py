@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from timm.data import create_dataset, create_transform, resolve_data_config
 
-from ._builder import require_registered
+from ._builder import create_mod_model
 from .mod import MoDBlock
 
 __all__ = ['SelectionCounts', 'BlockSummary', 'load_model', 'count_selections', 'summarize', 'write_selection']
@@ -52,12 +52,13 @@ class BlockSummary:
 
 
 def load_model(model_name: str, checkpoint: Optional[Path] = None, num_classes: Optional[int] = None):
-    """ A model to analyse (registered name, `hf-hub:` or `local-dir:`), and train.py's args for its data."""
+    """ A model to analyse (registered name, a plain timm name converted by `to_mod`, `hf-hub:` or `local-dir:`),
+    and train.py's args for its data."""
     from .checkpoint import model_from_checkpoint
     if model_name.split(':')[0] in ('hf-hub', 'local-dir'):
         return timm.create_model(model_name, pretrained=True).eval(), {}
     if checkpoint is None:
-        return timm.create_model(require_registered(model_name), num_classes=num_classes or 1000).eval(), {}
+        return create_mod_model(model_name, num_classes=num_classes or 1000).eval(), {}
     model, weights, _ = model_from_checkpoint(model_name, checkpoint, num_classes=num_classes)
     return model.eval(), weights.train_args
 

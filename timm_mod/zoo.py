@@ -1,4 +1,5 @@
-""" The zoo as data: the paper's published rows (SPEC.md sections 3 and 4) and measured params / MACs.
+""" The zoo as data: the paper's published rows (SPEC.md sections 3 and 4), our models beyond the paper,
+and measured params / MACs.
 
 Params and MACs are measured on the meta device, so describing even ResNet152-MoD allocates no weights.
 MACs are `torch.utils.flop_counter` FLOPs / 2 (convolutions and matmuls only); the paper's counter also
@@ -11,11 +12,11 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .mod import MoDBlock
+from .mod import MoDBlock, find_family
 
 __all__ = [
-    'PaperModel', 'PAPER_MODELS', 'PAPER_BASELINE_GMACS', 'ZooRow', 'ZOO_COLUMNS',
-    'count_params_and_macs', 'measure', 'describe_zoo', 'zoo_table_rows', 'format_table',
+    'PaperModel', 'PAPER_MODELS', 'PAPER_BASELINE_GMACS', 'OUR_MODELS', 'ZooRow', 'ZOO_COLUMNS',
+    'baseline_of', 'count_params_and_macs', 'measure', 'describe_zoo', 'zoo_table_rows', 'format_table',
 ]
 
 
@@ -88,6 +89,32 @@ PAPER_MODELS: Dict[str, PaperModel] = {
 }
 
 
+# Ours, not the paper's: MoD on timm models the paper names as possible but never built, each with the
+# plain timm model it is made from (and compared with). Their c is `to_mod`'s default for that model.
+OUR_MODELS: Dict[str, str] = {
+    'convnext_nano_mod': 'convnext_nano',
+    'convnext_tiny_mod': 'convnext_tiny',
+    'efficientnet_b0_mod': 'efficientnet_b0',
+    'regnety_016_mod': 'regnety_016',
+    'resnet50d_mod': 'resnet50d',
+    'seresnext50_32x4d_mod': 'seresnext50_32x4d',
+}
+
+
+def baseline_of(model_name: str) -> str:
+    """ The plain timm model a MoD model is compared with: the paper's comparison model, or the model ours is
+    made from; a plain model name (converted with `to_mod`) is its own baseline."""
+    if model_name in PAPER_MODELS:
+        return PAPER_MODELS[model_name].baseline
+    if model_name in OUR_MODELS:
+        return OUR_MODELS[model_name]
+    plain = model_name.split('.')[0].removesuffix('_mod')
+    if not timm.is_model(plain):
+        raise ValueError(f'No plain timm model to compare {model_name!r} with ({plain!r} is not a timm model); '
+                         f'name the baseline explicitly.')
+    return plain
+
+
 def count_params_and_macs(model_name: str, **kwargs) -> Tuple[int, float]:
     """ Parameter count and MACs of one image at the model's default input size, without allocating weights."""
     return measure(timm.create_model(model_name, device='meta', **kwargs))
@@ -106,13 +133,16 @@ def measure(model: torch.nn.Module, input_size: Optional[Tuple[int, ...]] = None
 
 @dataclass(frozen=True)
 class ZooRow:
-    """ One registered MoD model, measured, beside its published row when the paper has one."""
+    """ One registered MoD model, measured, beside its baseline and its published row when the paper has one."""
     name: str
     paper: Optional[PaperModel]
+    baseline: str
+    depths: Tuple[int, ...]
     c: int
     params: int
     macs: float
-    mac_ratio: Optional[float]  # MACs relative to the paper's baseline, same counter
+    params_ratio: float  # relative to the baseline
+    mac_ratio: float  # relative to the baseline, same counter
 
     @property
     def paper_mac_ratio(self) -> Optional[float]:
@@ -120,8 +150,8 @@ class ZooRow:
 
 
 def describe_zoo(pattern: str = '*_mod*') -> List[ZooRow]:
-    """ Every registered model matching `pattern` that has MoD blocks, measured."""
-    baseline_macs: Dict[str, float] = {}
+    """ Every registered model matching `pattern` that has MoD blocks, measured beside its baseline."""
+    baselines: Dict[str, Tuple[int, float]] = {}
     rows = []
     for name in timm.list_models(pattern):
         model = timm.create_model(name, device='meta')
@@ -129,41 +159,37 @@ def describe_zoo(pattern: str = '*_mod*') -> List[ZooRow]:
         if not mod_blocks:
             continue
         params, macs = measure(model)
-        paper = PAPER_MODELS.get(name)
-        mac_ratio = None
-        if paper is not None:
-            if paper.baseline not in baseline_macs:
-                baseline_macs[paper.baseline] = count_params_and_macs(paper.baseline)[1]
-            mac_ratio = macs / baseline_macs[paper.baseline]
-        rows.append(ZooRow(name, paper, mod_blocks[0].c, params, macs, mac_ratio))
+        baseline = baseline_of(name)
+        if baseline not in baselines:
+            baselines[baseline] = count_params_and_macs(baseline)
+        depths = tuple(len(list(stage.children())) for stage in find_family(model).stages(model))
+        rows.append(ZooRow(
+            name, PAPER_MODELS.get(name), baseline, depths, mod_blocks[0].c, params, macs,
+            params / baselines[baseline][0], macs / baselines[baseline][1]))
     return rows
 
 
-ZOO_COLUMNS = ('model', 'paper name', 'depths', 'c', 'params (M)', 'paper params (M)', 'GMACs',
+ZOO_COLUMNS = ('model', 'paper name', 'depths', 'c', 'params (M)', 'paper params (M)', 'params / baseline', 'GMACs',
                'MACs / baseline', 'paper MACs / baseline')
 
 
 def zoo_table_rows(rows: List[ZooRow]) -> List[Tuple[str, ...]]:
-    """ The zoo as strings, one tuple per model in `ZOO_COLUMNS` order ('-' where the paper has no row)."""
-    def ratio(value: Optional[float], baseline: Optional[str]) -> str:
+    """ The zoo as strings, one tuple per model in `ZOO_COLUMNS` order; 'ours' marks models not in the paper."""
+    def ratio(value: Optional[float], baseline: str) -> str:
         return '-' if value is None else f'{value:.3f} ({baseline})'
 
-    table = []
-    for row in rows:
-        paper = row.paper
-        baseline = None if paper is None else paper.baseline
-        table.append((
-            row.name,
-            '-' if paper is None else paper.paper_name,
-            '-' if paper is None else ','.join(map(str, paper.depths)),
-            str(row.c),
-            f'{row.params / 1e6:.2f}',
-            '-' if paper is None else paper.params,
-            f'{row.macs / 1e9:.3f}',
-            ratio(row.mac_ratio, baseline),
-            ratio(row.paper_mac_ratio, baseline),
-        ))
-    return table
+    return [(
+        row.name,
+        'ours (not in the paper)' if row.paper is None else row.paper.paper_name,
+        ','.join(map(str, row.depths)),
+        str(row.c),
+        f'{row.params / 1e6:.2f}',
+        '-' if row.paper is None else row.paper.params,
+        ratio(row.params_ratio, row.baseline),
+        f'{row.macs / 1e9:.3f}',
+        ratio(row.mac_ratio, row.baseline),
+        ratio(row.paper_mac_ratio, row.baseline),
+    ) for row in rows]
 
 
 def format_table(header: Tuple[str, ...], rows: List[Tuple[str, ...]], markdown: bool = False) -> str:
