@@ -233,3 +233,18 @@ def test_checkpoint_of_another_c_is_named_whatever_the_first_slim_conv(name: str
     assert describe_state_dict_mismatch(model, model.state_dict()) == ''
     other = timm.create_model(name, c=other_c, device='meta').state_dict()
     assert message in describe_state_dict_mismatch(model, other)
+
+
+def test_selection_counts_a_converted_plain_model(tmp_path: Path) -> None:
+    from timm_mod.selection import count_selections, load_model
+    model, _ = load_model('regnetx_002', num_classes=10)
+    assert any(isinstance(m, MoDBlock) for m in model.modules()) and not model.training
+    digits = write_digits(tmp_path / 'digits')
+    counts = count_selections(model, digits, classes=['0', '1'], max_per_class=3, batch_size=4,
+                              data_config=dict(input_size=(3, 32, 32), crop_pct=1.0, interpolation='bicubic',
+                                               mean=(0.5,) * 3, std=(0.5,) * 3, crop_mode='center'),
+                              progress=False)
+    blocks = {name for name, m in model.named_modules() if isinstance(m, MoDBlock)}
+    assert set(counts.counts) == blocks
+    for name, table in counts.counts.items():
+        assert table.sum().item() == 6 * counts.k[name]  # every sample picks exactly k channels
