@@ -32,6 +32,13 @@ def _quickstart(args: argparse.Namespace) -> None:
     print(format_results(results))
 
 
+def _dense_quickstart(args: argparse.Namespace) -> None:
+    from .dense_quickstart import format_dense_results, run_dense_quickstart
+    rows = run_dense_quickstart(
+        args.task, backbone=args.backbone, baseline=args.baseline, data_dir=args.data_dir, epochs=args.epochs)
+    print(format_dense_results(args.task, rows))
+
+
 def _publish(args: argparse.Namespace) -> None:
     from .hub import publish
     location = publish(
@@ -78,6 +85,7 @@ def _benchmark(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .dense_quickstart import DEFAULT_DENSE_DIR
     from .quickstart import DEFAULT_DATA_DIR
     parser = argparse.ArgumentParser(prog='timm-mod', description='CNN Mixture-of-Depths models for timm.')
     commands = parser.add_subparsers(dest='command', required=True)
@@ -101,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
                             help="plain timm model trained with the same recipe (default: the paper's baseline)")
     quickstart.add_argument('--epochs', type=int, default=None, help='override the arg file\'s epochs')
     quickstart.set_defaults(run=_quickstart)
+
+    dense = commands.add_parser(
+        'dense-quickstart',
+        help='FCN or Faster R-CNN over a MoD backbone and its timm counterpart, on digit scenes, on the CPU')
+    dense.add_argument('--task', required=True, choices=['detection', 'segmentation'])
+    dense.add_argument('--backbone', default='resnet18_mod', help='MoD backbone (default: resnet18_mod)')
+    dense.add_argument('--baseline', default=None, help="plain backbone under the same head (default: the MoD "
+                                                       "model's baseline)")
+    dense.add_argument('--data-dir', type=Path, default=DEFAULT_DENSE_DIR,
+                       help=f'digit scenes, written once if absent (default: {DEFAULT_DENSE_DIR})')
+    dense.add_argument('--epochs', type=int, default=None, help='override the default epochs')
+    dense.set_defaults(run=_dense_quickstart)
 
     publish = commands.add_parser(
         'publish', help='a Hugging Face Hub folder (config.json, model.safetensors, README.md) from a checkpoint')
