@@ -54,11 +54,26 @@ def test_benchmark_command_end_to_end(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     assert '[2/2] resnet18_mod' in run.stderr, 'progress goes to stderr'
     lines = run.stdout.splitlines()
-    assert lines[0].split()[:2] == ['model', 'setting'] and len(lines) == 3
+    assert lines[0].startswith('device: ') and 'CPUs; torch ' in lines[0]
+    assert lines[1].split()[:2] == ['model', 'setting'] and len(lines) == 4
     with open(tmp_path / 'benchmark.csv', newline='') as f:
         rows = list(csv.DictReader(f))
     assert [r['setting'] for r in rows] == ['b1 1thr inference eager cl', 'b1 1thr train eager cl']
     assert all(r['baseline'] == 'resnet18' and float(r['speedup']) > 0 for r in rows)
     records = json.loads((tmp_path / 'benchmark.json').read_text())
-    assert records[0]['paper_cpu_speedup'] == '1.60'
+    assert records[0]['paper_speedup'] == '1.60' and records[0]['device_name'] == lines[0][8:].split('; torch')[0]
     assert (tmp_path / 'benchmark.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_modes_compile_the_step_and_unknown_modes_are_refused() -> None:
+    model = timm.create_model('resnet18_mod', num_classes=4)
+    for mode in ('compile', 'cudagraphs'):
+        torch.compiler.reset()
+        make_step(model, BenchSetting(batch_size=1, mode=mode), num_classes=4)()
+        assert BenchSetting(mode=mode).label == f'b1 1thr inference {mode}'
+    try:
+        BenchSetting(mode='jit')
+    except ValueError as error:
+        assert "Unknown benchmark mode 'jit'" in str(error)
+    else:
+        raise AssertionError('an unknown mode must be refused')

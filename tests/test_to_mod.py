@@ -207,7 +207,7 @@ def test_convert_command(tmp_path: Path) -> None:
 
 
 def test_benchmark_converts_a_plain_model_name() -> None:
-    setting = BenchSetting(batch_size=1, threads=1, task='inference', compile=False, channels_last=False,
+    setting = BenchSetting(batch_size=1, threads=1, task='inference', mode='eager', channels_last=False,
                            bf16=False, device='cpu')
     (row,) = run_benchmark(['regnetx_002'], [setting], rounds=1, min_run_time=0.01, progress=False)
     assert row.model == row.baseline == 'regnetx_002'

@@ -8,6 +8,8 @@ rounds, so drifts in clock speed or load hit all three alike; only ratios are re
 import copy
 import csv
 import json
+import os
+import platform
 import statistics
 import sys
 from dataclasses import asdict, dataclass
@@ -23,8 +25,11 @@ from ._builder import create_mod_model
 from .mod import MoDBlock
 from .zoo import PAPER_MODELS, baseline_of, measure
 
-__all__ = ['BenchSetting', 'BenchRow', 'identity_bound', 'make_step', 'time_side_by_side', 'run_benchmark',
-           'BENCH_COLUMNS', 'bench_table_rows', 'write_results']
+__all__ = ['MODES', 'BenchSetting', 'BenchRow', 'device_name', 'identity_bound', 'make_step', 'time_side_by_side',
+           'run_benchmark', 'BENCH_COLUMNS', 'bench_table_rows', 'write_results']
+
+# eager; torch.compile (default mode); torch.compile(mode='reduce-overhead'), which replays CUDA graphs on a GPU
+MODES = ('eager', 'compile', 'cudagraphs')
 
 
 @dataclass(frozen=True)
@@ -33,15 +38,19 @@ class BenchSetting:
     batch_size: int = 1
     threads: int = 1
     task: str = 'inference'  # or 'train': forward, backward and an SGD step
-    compile: bool = False
+    mode: str = 'eager'  # one of MODES
     channels_last: bool = False
     bf16: bool = False
     device: str = 'cpu'
 
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f'Unknown benchmark mode {self.mode!r}; choose one of {MODES}.')
+
     @property
     def label(self) -> str:
         flags = [f'b{self.batch_size}', f'{self.threads}thr' if self.device == 'cpu' else self.device, self.task,
-                 'compile' if self.compile else 'eager']
+                 self.mode]
         return ' '.join(flags + (['cl'] if self.channels_last else []) + (['bf16'] if self.bf16 else []))
 
 
@@ -59,11 +68,25 @@ class BenchRow:
     speedup: float
     identity_bound: float
     images_per_s: float
-    paper_cpu_speedup: str
+    paper_speedup: str  # the paper's CPU speed-up for CPU settings, its GPU speed-up for CUDA ones
+    device_name: str
 
     @property
     def fraction_of_bound(self) -> float:
         return self.speedup / self.identity_bound
+
+
+def device_name(device: str) -> str:
+    """ What ran the benchmark: the GPU's name, or the CPU's model and core count."""
+    if torch.device(device).type == 'cuda':
+        return torch.cuda.get_device_name(torch.device(device))
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(':', 1)[1].strip() for line in Path('/proc/cpuinfo').read_text().splitlines()
+                   if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return f'{cpu}, {os.cpu_count()} CPUs'
 
 
 def identity_bound(model: nn.Module) -> nn.Module:
@@ -82,7 +105,10 @@ def make_step(model: nn.Module, setting: BenchSetting, num_classes: int = 1000) 
     memory_format = torch.channels_last if setting.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format).train(setting.task == 'train')
     x = torch.randn(setting.batch_size, 3, 224, 224, device=device).to(memory_format=memory_format)
-    forward = torch.compile(model) if setting.compile else model
+    if setting.mode == 'eager':
+        forward = model
+    else:
+        forward = torch.compile(model, mode='reduce-overhead' if setting.mode == 'cudagraphs' else None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=setting.bf16)
     if setting.task == 'inference':
         def step() -> None:
@@ -151,7 +177,9 @@ def run_benchmark(
                 identity_ms=times['identity'] * 1e3, speedup=times['baseline'] / times['mod'],
                 identity_bound=times['baseline'] / times['identity'],
                 images_per_s=setting.batch_size / times['mod'],
-                paper_cpu_speedup=paper.cpu_speedup if paper else '-',
+                paper_speedup=('-' if paper is None else
+                               paper.gpu_speedup if torch.device(setting.device).type == 'cuda' else paper.cpu_speedup),
+                device_name=device_name(setting.device),
             ))
             if progress:
                 row = rows[-1]
@@ -161,13 +189,13 @@ def run_benchmark(
 
 
 BENCH_COLUMNS = ('model', 'setting', 'params (M)', 'GMACs', 'ms', 'baseline', 'baseline ms', 'speed-up',
-                 'identity bound', '% of bound', 'img/s', 'paper CPU speed-up')
+                 'identity bound', '% of bound', 'img/s', 'paper speed-up')
 
 
 def bench_table_rows(rows: Sequence[BenchRow]) -> List[tuple]:
     return [(r.model, r.setting, f'{r.params_m:.2f}', f'{r.gmacs:.2f}', f'{r.mod_ms:.2f}', r.baseline,
              f'{r.baseline_ms:.2f}', f'{r.speedup:.2f}x', f'{r.identity_bound:.2f}x',
-             f'{100 * r.fraction_of_bound:.1f}', f'{r.images_per_s:.1f}', r.paper_cpu_speedup) for r in rows]
+             f'{100 * r.fraction_of_bound:.1f}', f'{r.images_per_s:.1f}', r.paper_speedup) for r in rows]
 
 
 def write_results(rows: Sequence[BenchRow], output: Path) -> List[Path]:
@@ -199,14 +227,14 @@ def _plot(rows: Sequence[BenchRow], path: Path) -> Optional[Path]:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows)), 4.5))
     ax.bar(positions, [r.identity_bound for r in rows], width=0.7, color='#d9d9d9', label='identity bound')
     ax.bar(positions, [r.speedup for r in rows], width=0.45, color='#3b75af', label='measured speed-up')
-    paper = [(i, float(r.paper_cpu_speedup)) for i, r in enumerate(rows) if r.paper_cpu_speedup != '-']
+    paper = [(i, float(r.paper_speedup)) for i, r in enumerate(rows) if r.paper_speedup != '-']
     if paper:
-        ax.scatter(*zip(*paper), marker='_', s=600, color='#c0392b', linewidths=2.5, label="paper's CPU speed-up",
+        ax.scatter(*zip(*paper), marker='_', s=600, color='#c0392b', linewidths=2.5, label="paper's speed-up",
                    zorder=3)
     ax.axhline(1.0, color='black', linewidth=0.8)
     ax.set_xticks(list(positions), labels, rotation=45, ha='right', fontsize=7)
     ax.set_ylabel('speed-up over the baseline (x)')
-    ax.set_title('MoD speed-up, measured side by side, against its identity bound')
+    ax.set_title(f'MoD speed-up against its identity bound, side by side\n{rows[0].device_name}', fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

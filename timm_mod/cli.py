@@ -69,15 +69,17 @@ def _convert(args: argparse.Namespace) -> None:
 def _benchmark(args: argparse.Namespace) -> None:
     import itertools
     import os
+    import torch
     from .benchmark import BENCH_COLUMNS, BenchSetting, bench_table_rows, run_benchmark, write_results
     from .zoo import format_table
     threads = [t if t > 0 else (os.cpu_count() or 1) for t in args.threads]
     settings = [
-        BenchSetting(batch_size=b, threads=t, task=task, compile=mode == 'compile', channels_last=args.channels_last,
+        BenchSetting(batch_size=b, threads=t, task=task, mode=mode, channels_last=args.channels_last,
                      bf16=args.bf16, device=args.device)
         for task, mode, b, t in itertools.product(args.task, args.mode, args.batch_size, threads)
     ]
     rows = run_benchmark(args.models, settings, rounds=args.rounds, min_run_time=args.min_run_time)
+    print(f'device: {rows[0].device_name}; torch {torch.__version__}')
     print(format_table(BENCH_COLUMNS, bench_table_rows(rows), markdown=args.markdown))
     if args.output:
         for path in write_results(rows, args.output):
@@ -158,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--batch-size', type=int, nargs='+', default=[1, 16])
     bench.add_argument('--threads', type=int, nargs='+', default=[1, 0], help='CPU threads; 0 = all cores')
     bench.add_argument('--task', nargs='+', choices=['inference', 'train'], default=['inference'])
-    bench.add_argument('--mode', nargs='+', choices=['eager', 'compile'], default=['eager'])
+    bench.add_argument('--mode', nargs='+', choices=['eager', 'compile', 'cudagraphs'], default=['eager'],
+                       help="cudagraphs: torch.compile(mode='reduce-overhead'), CUDA graphs on a GPU")
     bench.add_argument('--channels-last', action='store_true')
     bench.add_argument('--bf16', action='store_true', help='bfloat16 autocast')
     bench.add_argument('--device', default='cuda' if _cuda_available() else 'cpu')
