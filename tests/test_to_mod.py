@@ -151,7 +151,8 @@ def test_explicit_c_is_honoured_and_an_invalid_one_is_a_clear_error() -> None:
     model = to_mod(timm.create_model('mobilenetv2_100', device='meta'), c=16)
     assert str(model).splitlines()[1:] == str(timm.create_model('mobilenetv2_mod', device='meta')).splitlines()[1:]
     plain = timm.create_model('seresnext26d_32x4d', device='meta')
-    with pytest.raises(ValueError, match=r'too narrow for a slim Bottleneck .* the largest c that works .* is 4'):
+    with pytest.raises(ValueError, match=r'layer1.1 k=4 of 256 channels, which a slim Bottleneck .* cannot have; '
+                                         r'the largest c that works for this model is 4'):
         to_mod(plain, c=64)
     assert not any(isinstance(m, MoDBlock) for m in plain.modules()), 'a refused c leaves the model as it was'
     with pytest.raises(ValueError, match='c must be a positive integer'):
@@ -166,6 +167,14 @@ def test_converting_twice_and_unsupported_models_are_clear_errors() -> None:
         to_mod(timm.create_model('vit_tiny_patch16_224', device='meta'))
     with pytest.raises(TypeError, match='wraps InvertedResidual and DepthwiseSeparableConv blocks, not ConvBnAct'):
         to_mod(timm.create_model('efficientnetv2_rw_t', device='meta'))
+    with pytest.raises(TypeError, match=r'wraps its Bottleneck \(RegNetX, RegNetY\), not PreBottleneck'):
+        to_mod(timm.create_model('regnetv_040', device='meta'))
+    with pytest.raises(TypeError, match=r"cannot rebuild the InvertedResidual at blocks.1.1 .*'MixedConv2d'"):
+        to_mod(timm.create_model('mixnet_s', device='meta'))
+    condconv = timm.create_model('efficientnet_cc_b0_4e', device='meta')
+    with pytest.raises(TypeError, match=r'cannot rebuild the CondConvResidual at blocks.4.1 .*num_experts'):
+        to_mod(condconv, c=4)
+    assert not any(isinstance(m, MoDBlock) for m in condconv.modules()), 'a block that fails leaves no MoD behind'
 
 
 def test_dense_checkpoint_becomes_an_initial_checkpoint_for_the_mod_model(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ block (a `ModFamily`, declared in each family module); `mod_every_second_block` 
 """
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -25,7 +25,8 @@ __all__ = [
     'ChannelSelector', 'MoDBlock', 'mod_width', 'gather_channels', 'hashed_channel_noise', 'random_channel_indices',
     'fuse_channels',
     'block_in_channels', 'norm_layer_of', 'mod_every_second_block', 'mod_block_for',
-    'ModFamily', 'MOD_FAMILIES', 'register_family', 'find_family', 'mod_positions', 'default_c', 'apply_mod', 'to_mod',
+    'ModFamily', 'MOD_FAMILIES', 'UnsupportedBlock', 'register_family', 'find_family', 'mod_positions', 'default_c',
+    'apply_mod', 'to_mod',
 ]
 
 FUSION_TARGETS = ('first', 'last')
@@ -350,14 +351,37 @@ def mod_positions(model: nn.Module, family: ModFamily) -> List[Tuple[nn.Module, 
             for stage in family.stages(model) for name, block in list(stage.named_children())[1::2]]
 
 
+class UnsupportedBlock(TypeError):
+    """ A block that its family's declaration cannot rebuild at width k (raised with the reason)."""
+
+
+def _family_call(family: ModFamily, name: str, dense: nn.Module, call: Callable[[], Any]) -> Any:
+    """ Run family code on a timm block; a block built from other layers than the family declares (MixNet's
+    mixed convolutions, CondConv, group norms, ...) becomes a clear UnsupportedBlock naming it."""
+    try:
+        return call()
+    except UnsupportedBlock:
+        raise
+    except Exception as error:
+        raise UnsupportedBlock(
+            f'MoD for {family.name} cannot rebuild the {type(dense).__name__} at {name} at a smaller width '
+            f'({type(error).__name__}: {error}); this model uses layers the {family.name} declaration does not '
+            f'cover.') from error
+
+
+def _slim_width_ok(family: ModFamily, name: str, dense: nn.Module, width: int) -> bool:
+    return width >= 1 and _family_call(family, name, dense, lambda: family.slim_width_ok(dense, width))
+
+
 def default_c(model: nn.Module) -> int:
     """ The family's preferred c, lowered to the largest c that leaves every MoD block k >= 4 channels
     (`MIN_DEFAULT_WIDTH`, or all of a narrower block's) and a slim block the family can build at that k."""
     family = find_family(model)
-    widths = [(block, block_in_channels(block)) for _, _, block in mod_positions(model, family)]
+    paths = {module: path for path, module in model.named_modules()}
+    widths = [(paths[block], block, block_in_channels(block)) for _, _, block in mod_positions(model, family)]
     for c in range(family.preferred_c, 1, -1):
-        if all(channels // c >= min(MIN_DEFAULT_WIDTH, channels) and family.slim_width_ok(block, channels // c)
-               for block, channels in widths):
+        if all(channels // c >= min(MIN_DEFAULT_WIDTH, channels) and _slim_width_ok(family, name, block, channels // c)
+               for name, block, channels in widths):
             return c
     return 1
 
@@ -370,24 +394,33 @@ def apply_mod(
         fusion: str = 'first',
         routing: str = 'learned',
 ) -> nn.Module:
-    """ Put MoD blocks into a model of `family` in place (every c checked first, so a bad c changes nothing)."""
+    """ Put MoD blocks into a model of `family` in place. Every MoD block is built before the first one goes in,
+    so a bad c or a block the family cannot rebuild raises and leaves the model as it was."""
     positions = mod_positions(model, family)
+    paths = {module: path for path, module in model.named_modules()}
     for stage, name, dense in positions:
         channels = block_in_channels(dense)
         k = mod_width(channels, c)
-        if not family.slim_width_ok(dense, k):
+        if not _slim_width_ok(family, paths[dense], dense, k):
             valid = [d for d in range(c, 0, -1) if all(
-                family.slim_width_ok(b, block_in_channels(b) // d) for _, _, b in positions)]
+                _slim_width_ok(family, paths[b], b, block_in_channels(b) // d) for _, _, b in positions)]
             raise ValueError(
-                f'c={c} gives the MoD block at {name} of a {family.name} stage k={k} of {channels} channels, too '
-                f'narrow for a slim {type(dense).__name__} of the same configuration; the largest c that works '
-                f'for this model is {valid[0] if valid else 1}.')
+                f'c={c} gives the MoD block at {paths[dense]} k={k} of {channels} channels, which '
+                f'a slim {type(dense).__name__} of the same configuration cannot have; '
+                + (f'the largest c that works for this model is {valid[0]}.' if valid else
+                   'no c works for this model (its stage widths do not fit the block).'))
+    built = []
     for stage, name, dense in positions:
         weight = next(dense.parameters())
         dd = {'device': weight.device, 'dtype': weight.dtype}
-        block = mod_block_for(dense, partial(family.slim_block, **dd), c, r, fusion, routing, **dd)
-        family.init_block(block.block)
-        setattr(stage, name, block.train(dense.training))
+
+        def build(dense: nn.Module = dense, dd: Dict[str, Any] = dd) -> MoDBlock:
+            block = mod_block_for(dense, partial(family.slim_block, **dd), c, r, fusion, routing, **dd)
+            family.init_block(block.block)
+            return block.train(dense.training)
+        built.append((stage, name, _family_call(family, paths[dense], dense, build)))
+    for stage, name, block in built:
+        setattr(stage, name, block)
     return model
 
 

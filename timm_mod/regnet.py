@@ -14,7 +14,7 @@ from timm.models import register_model, generate_default_cfgs
 from timm.models.regnet import Bottleneck, RegNet, RegStage, _init_weights, model_cfgs
 
 from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
-from .mod import ModFamily, apply_mod, norm_layer_of, register_family
+from .mod import ModFamily, UnsupportedBlock, apply_mod, norm_layer_of, register_family
 
 __all__ = ['MoDRegNet', 'REGNET_FAMILY', 'regnet_block_config']
 
@@ -26,7 +26,7 @@ def regnet_block_config(dense: nn.Module, width: int) -> Dict[str, Any]:
     so its group width is the dense one divided by c.
     """
     if not isinstance(dense, Bottleneck):
-        raise TypeError(f'MoD for RegNet wraps its Bottleneck, not {type(dense).__name__}.')
+        raise UnsupportedBlock(f'MoD for RegNet wraps its Bottleneck (RegNetX, RegNetY), not {type(dense).__name__}.')
     channels = dense.conv1.conv.in_channels
     bottle_ratio = dense.conv1.conv.out_channels / channels
     groups = dense.conv2.conv.groups
@@ -43,6 +43,7 @@ def regnet_block_config(dense: nn.Module, width: int) -> Dict[str, Any]:
 
 def _regnet_slim_width_ok(dense: nn.Module, width: int) -> bool:
     """ The slim bottleneck width must hold the dense block's groups exactly."""
+    regnet_block_config(dense, width)  # a clear error for blocks other than Bottleneck (RegNetV's PreBottleneck)
     bottleneck_width = int(round(width * dense.conv1.conv.out_channels / dense.conv1.conv.in_channels))
     groups = dense.conv2.conv.groups
     return bottleneck_width >= groups and bottleneck_width % groups == 0
