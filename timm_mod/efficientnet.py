@@ -178,37 +178,19 @@ class MoDEfficientNet(EfficientNet):
 def _create_mod_efficientnet(
         variant: str,
         arch_def: List[List[str]],
+        default_act: str,
         pretrained: bool = False,
         **kwargs: Any,
 ) -> MoDEfficientNet:
-    """ EfficientNet-B0 settings as timm's `_gen_efficientnet` (multipliers 1.0): stem 32, head 1280, SiLU."""
+    """ The settings timm's `_gen_mobilenet_v2` and `_gen_efficientnet` use at multiplier 1.0: stem 32, head 1280,
+    BatchNorm, `default_act` (relu6 for MobileNetV2, swish for EfficientNet) unless kwargs name another."""
     model_kwargs = dict(
         block_args=decode_arch_def(arch_def),
         num_features=1280,
         stem_size=32,
         round_chs_fn=round_channels,
         norm_layer=kwargs.pop('norm_layer', None) or partial(nn.BatchNorm2d, **resolve_bn_args(kwargs)),
-        act_layer=resolve_act_layer(kwargs, 'swish'),
-        **kwargs,
-    )
-    return build_mod_model(
-        MoDEfficientNet, variant, pretrained, feature_cfg=dict(flatten_sequential=True), **model_kwargs)
-
-
-def _create_mod_mobilenetv2(
-        variant: str,
-        arch_def: List[List[str]],
-        pretrained: bool = False,
-        **kwargs: Any,
-) -> MoDEfficientNet:
-    """ MobileNetV2 settings as timm's `_gen_mobilenet_v2` (width 1.0): stem 32, head 1280, ReLU6."""
-    model_kwargs = dict(
-        block_args=decode_arch_def(arch_def),
-        num_features=1280,
-        stem_size=32,
-        round_chs_fn=round_channels,
-        norm_layer=kwargs.pop('norm_layer', None) or partial(nn.BatchNorm2d, **resolve_bn_args(kwargs)),
-        act_layer=resolve_act_layer(kwargs, 'relu6'),
+        act_layer=resolve_act_layer(kwargs, default_act),
         **kwargs,
     )
     # timm's EfficientNetFeatures would rebuild the trunk without MoD, so features come from the model itself
@@ -241,7 +223,7 @@ def mobilenetv2_mod(pretrained: bool = False, **kwargs) -> MoDEfficientNet:
         ['ir_r1_k3_s1_e6_c320'],
     ]
     model_args = dict(c=16)
-    return _create_mod_mobilenetv2('mobilenetv2_mod', arch_def, pretrained, **dict(model_args, **kwargs))
+    return _create_mod_efficientnet('mobilenetv2_mod', arch_def, 'relu6', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
@@ -257,7 +239,7 @@ def mobilenetv2_mod_l(pretrained: bool = False, **kwargs) -> MoDEfficientNet:
         ['ir_r1_k3_s1_e6_c320'],
     ]
     model_args = dict(c=16)
-    return _create_mod_mobilenetv2('mobilenetv2_mod_l', arch_def, pretrained, **dict(model_args, **kwargs))
+    return _create_mod_efficientnet('mobilenetv2_mod_l', arch_def, 'relu6', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
@@ -273,4 +255,4 @@ def efficientnet_b0_mod(pretrained: bool = False, **kwargs) -> MoDEfficientNet:
         ['ir_r1_k3_s1_e6_c320_se0.25'],
     ]
     model_args = dict(c=6)
-    return _create_mod_efficientnet('efficientnet_b0_mod', arch_def, pretrained, **dict(model_args, **kwargs))
+    return _create_mod_efficientnet('efficientnet_b0_mod', arch_def, 'swish', pretrained, **dict(model_args, **kwargs))
