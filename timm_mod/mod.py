@@ -369,21 +369,31 @@ def _family_call(family: ModFamily, name: str, dense: nn.Module, call: Callable[
             f'cover.') from error
 
 
-def _slim_width_ok(family: ModFamily, name: str, dense: nn.Module, width: int) -> bool:
-    return width >= 1 and _family_call(family, name, dense, lambda: family.slim_width_ok(dense, width))
+def _slim_width_ok(family: ModFamily, path: str, dense: nn.Module, width: int) -> bool:
+    return width >= 1 and _family_call(family, path, dense, lambda: family.slim_width_ok(dense, width))
+
+
+def _mod_sites(model: nn.Module, family: ModFamily) -> List[Tuple[nn.Module, str, nn.Module, str, int]]:
+    """ `mod_positions` with each dense block's path in the model and its width C."""
+    paths = {module: path for path, module in model.named_modules()}
+    return [(stage, name, dense, paths[dense], block_in_channels(dense))
+            for stage, name, dense in mod_positions(model, family)]
+
+
+def _c_fits(family: ModFamily, sites: List[Tuple[nn.Module, str, nn.Module, str, int]], c: int,
+            min_width: int = 1) -> bool:
+    """ Whether c leaves every MoD block at least `min_width` channels (or all of a narrower block's) and a slim
+    block the family can build."""
+    return all(channels // c >= min(min_width, channels) and _slim_width_ok(family, path, dense, channels // c)
+               for _, _, dense, path, channels in sites)
 
 
 def default_c(model: nn.Module) -> int:
     """ The family's preferred c, lowered to the largest c that leaves every MoD block k >= 4 channels
     (`MIN_DEFAULT_WIDTH`, or all of a narrower block's) and a slim block the family can build at that k."""
     family = find_family(model)
-    paths = {module: path for path, module in model.named_modules()}
-    widths = [(paths[block], block, block_in_channels(block)) for _, _, block in mod_positions(model, family)]
-    for c in range(family.preferred_c, 1, -1):
-        if all(channels // c >= min(MIN_DEFAULT_WIDTH, channels) and _slim_width_ok(family, name, block, channels // c)
-               for name, block, channels in widths):
-            return c
-    return 1
+    sites = _mod_sites(model, family)
+    return next((c for c in range(family.preferred_c, 1, -1) if _c_fits(family, sites, c, MIN_DEFAULT_WIDTH)), 1)
 
 
 def apply_mod(
@@ -396,21 +406,18 @@ def apply_mod(
 ) -> nn.Module:
     """ Put MoD blocks into a model of `family` in place. Every MoD block is built before the first one goes in,
     so a bad c or a block the family cannot rebuild raises and leaves the model as it was."""
-    positions = mod_positions(model, family)
-    paths = {module: path for path, module in model.named_modules()}
-    for stage, name, dense in positions:
-        channels = block_in_channels(dense)
+    sites = _mod_sites(model, family)
+    for _, _, dense, path, channels in sites:
         k = mod_width(channels, c)
-        if not _slim_width_ok(family, paths[dense], dense, k):
-            valid = [d for d in range(c, 0, -1) if all(
-                _slim_width_ok(family, paths[b], b, block_in_channels(b) // d) for _, _, b in positions)]
+        if not _slim_width_ok(family, path, dense, k):
+            valid = next((d for d in range(c, 0, -1) if _c_fits(family, sites, d)), None)
             raise ValueError(
-                f'c={c} gives the MoD block at {paths[dense]} k={k} of {channels} channels, which '
+                f'c={c} gives the MoD block at {path} k={k} of {channels} channels, which '
                 f'a slim {type(dense).__name__} of the same configuration cannot have; '
-                + (f'the largest c that works for this model is {valid[0]}.' if valid else
+                + (f'the largest c that works for this model is {valid}.' if valid else
                    'no c works for this model (its stage widths do not fit the block).'))
     built = []
-    for stage, name, dense in positions:
+    for stage, name, dense, path, _ in sites:
         weight = next(dense.parameters())
         dd = {'device': weight.device, 'dtype': weight.dtype}
 
@@ -418,7 +425,7 @@ def apply_mod(
             block = mod_block_for(dense, partial(family.slim_block, **dd), c, r, fusion, routing, **dd)
             family.init_block(block.block)
             return block.train(dense.training)
-        built.append((stage, name, _family_call(family, paths[dense], dense, build)))
+        built.append((stage, name, _family_call(family, path, dense, build)))
     for stage, name, block in built:
         setattr(stage, name, block)
     return model
