@@ -251,3 +251,43 @@ def test_fast_paths_match_the_plain_reference(fusion: str, memory_format, batch:
     with torch.no_grad():
         expected = reference_forward(block, x)
         torch.testing.assert_close(block(x.clone(memory_format=memory_format)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fast_paths_match_the_plain_reference_in_bf16_autocast() -> None:
+    """ The paths round at different places under bf16 autocast (the reference scales in bf16, the fast path
+    in the feature map's dtype), so they agree to bf16's precision (8 significant bits, 2 ** -7 relative):
+    outputs element-wise, gradients to 2 ** -6 of the largest gradient (a small one, like a batch norm
+    weight's, is a sum with cancellation and carries the others' absolute error)."""
+    block = make_block().train()
+    x = torch.randn(3, CHANNELS, 5, 6)
+    results = []
+    for forward in (block, lambda inp: reference_forward(block, inp)):
+        x_in = x.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = forward(x_in)
+        results.append((out.float(), torch.autograd.grad(out.float().square().sum(), [x_in, *block.parameters()])))
+    (out_fast, grads_fast), (out_ref, grads_ref) = results
+    torch.testing.assert_close(out_fast, out_ref, rtol=2 ** -7, atol=2 ** -7)
+    scale = max(ref.abs().max() for ref in grads_ref).item()
+    for fast, ref in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(fast, ref, rtol=2 ** -6, atol=2 ** -6 * scale)
+
+
+def test_compiled_training_is_one_graph_and_matches_eager() -> None:
+    """ Two MoD blocks compile into one graph (no break at the fusion's autograd.Function), train-mode outputs
+    and gradients equal eager, and a second batch reuses the graph."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    stack = nn.Sequential(make_block(), make_block('last')).train()
+    x = torch.randn(2, CHANNELS, 5, 6)
+    expected = stack(x)
+    expected_grads = torch.autograd.grad(expected.square().sum(), list(stack.parameters()))
+    compiled = torch.compile(stack, fullgraph=True)
+    out = compiled(x)
+    grads = torch.autograd.grad(out.square().sum(), list(stack.parameters()))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    compiled(torch.randn(2, CHANNELS, 5, 6)).sum().backward()
+    assert counters['stats']['unique_graphs'] == 1 and not counters['graph_break']

@@ -79,7 +79,10 @@ class ChannelSelector(nn.Module):
         self.fc2 = nn.Linear(hidden, channels, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3))))))
+        # sum / HW, not mean: mean's backward writes a full-size (B, C, H, W) tensor of grad / HW, while the
+        # sum's is a stride-0 expansion of a (B, C) one that the gradient accumulation reads in place
+        pooled = x.sum((2, 3)) / (x.shape[2] * x.shape[3])
+        return torch.sigmoid(self.fc2(self.act(self.fc1(pooled))))
 
 
 @register_notrace_function
@@ -133,6 +136,39 @@ def random_channel_indices(x: torch.Tensor, k: int, training: bool = True) -> to
     return hashed_channel_noise(x).topk(k, dim=1).indices
 
 
+class _FuseChannels(torch.autograd.Function):
+    """ out = x, with `scores * update` added to channels [start, start + k): a copy of `x` and one in-place
+    `addcmul` on the k channels, in either memory format.
+
+    Autograd's own version (split, multiply-add, concat) copies the full map twice forward and its backward
+    concatenates the gradient back into a new full-size tensor. Here the gradient of `x` is the incoming
+    gradient itself, and only the k fused channels are touched.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, update: torch.Tensor, scores: Optional[torch.Tensor], start: int):
+        out = x.clone()
+        target = out.narrow(1, start, update.shape[1])
+        if scores is None:
+            target.add_(update)
+        else:
+            target.addcmul_(update, scores)
+        ctx.start = start
+        ctx.save_for_backward(update, scores)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        update, scores = ctx.saved_tensors
+        grad_target = grad_out.narrow(1, ctx.start, update.shape[1])
+        grad_update = grad_scores = None
+        if ctx.needs_input_grad[1]:
+            grad_update = grad_target if scores is None else grad_target * scores
+        if scores is not None and ctx.needs_input_grad[2]:
+            grad_scores = (grad_target * update).sum((2, 3), keepdim=True)
+        return grad_out, grad_update, grad_scores, None
+
+
 @register_notrace_function
 def fuse_channels(
         x: torch.Tensor,
@@ -145,7 +181,7 @@ def fuse_channels(
     The other channels pass through. Scaling and adding are one `addcmul`. When nothing needs the history
     of `x` (no grad mode and `x` does not require grad) the add happens in place, so inference never copies
     the full feature map; like `nn.ReLU(inplace=True)` this overwrites the input. Otherwise the result is a
-    new tensor and autograd sees an ordinary multiply-add and concat.
+    new tensor (`_FuseChannels`, whose backward passes the gradient of `x` through without a copy).
     """
     k = update.shape[1]
     start = x.shape[1] - k if into_last else 0
@@ -162,10 +198,12 @@ def fuse_channels(
         else:
             target.addcmul_(update, scores)
         return x
-    head, tail = x.split([start, k] if into_last else [k, x.shape[1] - k], dim=1)
-    target = tail if into_last else head
-    fused = target + update if scores is None else torch.addcmul(target, update, scores)
-    return torch.cat([head, fused] if into_last else [fused, tail], dim=1)
+    if torch.jit.is_scripting():  # TorchScript cannot call an autograd.Function: autograd's own multiply-add
+        head, tail = x.split([start, k] if into_last else [k, x.shape[1] - k], dim=1)
+        target = tail if into_last else head
+        fused = target + update if scores is None else torch.addcmul(target, update, scores)
+        return torch.cat([head, fused] if into_last else [fused, tail], dim=1)
+    return _FuseChannels.apply(x, update, scores, start)
 
 
 class MoDBlock(nn.Module):
