@@ -1,0 +1,103 @@
+""" The MoD block and models on a CUDA GPU: every fast path against the plain reference, eager, compiled and
+replayed as CUDA graphs. These need a GPU, so CI (CPU only) skips them; `.ci/device` runs them on one.
+"""
+import pytest
+import timm
+import torch
+
+from test_mod import CHANNELS, make_block, reference_forward
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU: run .ci/device on one')
+
+CUDA = torch.device('cuda')
+
+
+@pytest.fixture(autouse=True)
+def full_fp32_matmuls():
+    """ The references are fp32: TF32 convolutions would round both paths differently."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize('fusion', ['first', 'last'])
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last], ids=['nchw', 'nhwc'])
+@pytest.mark.parametrize('batch', [1, 5])
+def test_block_matches_the_reference_on_cuda(fusion: str, memory_format, batch: int) -> None:
+    block = make_block(fusion).to(CUDA).train()
+    x = torch.randn(batch, CHANNELS, 7, 6, device=CUDA).to(memory_format=memory_format)
+    results = []
+    for forward in (block, lambda inp: reference_forward(block, inp)):
+        x_in = x.clone().requires_grad_()
+        out = forward(x_in)
+        results.append((out, torch.autograd.grad(out.square().sum(), [x_in, *block.parameters()])))
+    (out_fast, grads_fast), (out_ref, grads_ref) = results
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-5, atol=1e-5)
+    for fast, ref in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+    block.eval()
+    with torch.no_grad():
+        expected = reference_forward(block, x)
+        out = block(x.clone(memory_format=memory_format))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_block_matches_the_reference_in_bf16_autocast_on_cuda() -> None:
+    """ Tolerances as in test_mod's bf16 test: bf16 precision, gradients against the largest gradient."""
+    block = make_block().to(CUDA).train()
+    x = torch.randn(4, CHANNELS, 7, 6, device=CUDA).to(memory_format=torch.channels_last)
+    results = []
+    for forward in (block, lambda inp: reference_forward(block, inp)):
+        x_in = x.clone().requires_grad_()
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            out = forward(x_in).float()
+        results.append((out, torch.autograd.grad(out.square().sum(), [x_in, *block.parameters()])))
+    (out_fast, grads_fast), (out_ref, grads_ref) = results
+    torch.testing.assert_close(out_fast, out_ref, rtol=2 ** -7, atol=2 ** -7)
+    scale = max(ref.abs().max() for ref in grads_ref).item()
+    for fast, ref in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(fast.float(), ref.float(), rtol=2 ** -6, atol=2 ** -6 * scale)
+
+
+@pytest.mark.parametrize('name', ['resnet50_mod', 'mobilenetv2_mod'])
+def test_model_on_cuda_matches_the_cpu(name: str) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        out = model.to(CUDA, memory_format=torch.channels_last)(x.to(CUDA, memory_format=torch.channels_last))
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('mode', ['default', 'reduce-overhead'])
+def test_compiled_model_matches_eager_on_cuda(mode: str) -> None:
+    """ Training step compiled (default mode) and inference replayed as CUDA graphs (reduce-overhead).
+
+    Batch norm is frozen for the gradients: with batch statistics over 4 x 2 x 2 values in the last stage its
+    backward amplifies rounding differences between two correct programs past any useful tolerance.
+    """
+    torch.manual_seed(0)
+    model = timm.create_model('resnet50_mod', num_classes=10).to(CUDA)
+    x = torch.randn(4, 3, 64, 64, device=CUDA)
+    compiled = torch.compile(model, mode=mode, fullgraph=True)
+    if mode == 'default':
+        model.train()
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+        expected = model(x)
+        expected_grads = torch.autograd.grad(expected.square().sum(), list(model.parameters()))
+        out = compiled(x)
+        grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+        for got, want in zip(grads, expected_grads):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        return
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        for _ in range(3):  # recorded on the second call, replayed after
+            out = compiled(x).clone()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
