@@ -5,11 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import timm
 import torch
 
 from timm_mod import MoDBlock
-from timm_mod.benchmark import BenchSetting, identity_bound, make_step, time_side_by_side
+from timm_mod.benchmark import (
+    BenchSetting, format_time_share, identity_bound, make_step, mod_time_share, time_side_by_side)
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / 'timm-mod'
 
@@ -77,3 +79,32 @@ def test_modes_compile_the_step_and_unknown_modes_are_refused() -> None:
         assert "Unknown benchmark mode 'jit'" in str(error)
     else:
         raise AssertionError('an unknown mode must be refused')
+
+
+@pytest.mark.parametrize('model_name', ['resnet18_mod', 'resnet50_mod_rand'])
+def test_time_share_splits_the_mod_blocks(model_name: str) -> None:
+    share = mod_time_share(model_name, BenchSetting(batch_size=1, threads=1), repeats=3)
+    assert 0 < share.slim_blocks_ms and 0 < share.routing_and_fusion_ms
+    assert share.selectors_ms + share.slim_blocks_ms < share.mod_blocks_ms < share.forward_ms
+    assert (share.selectors_ms == 0) == (model_name == 'resnet50_mod_rand'), 'random routing has no selector'
+    line = format_time_share(share)
+    assert line.startswith(f'{model_name} b1 1thr inference eager: MoD blocks ') and 'selectors' in line
+
+
+@pytest.mark.parametrize('setting', [BenchSetting(task='train'), BenchSetting(mode='compile'),
+                                     BenchSetting(device='cuda')])
+def test_time_share_refuses_what_hooks_cannot_time(setting: BenchSetting) -> None:
+    with pytest.raises(ValueError, match='eager CPU inference only'):
+        mod_time_share('resnet18_mod', setting)
+
+
+def test_breakdown_follows_the_table_and_is_refused_before_the_timing_starts() -> None:
+    run = subprocess.run([str(CONSOLE_SCRIPT), 'benchmark', '--models', 'resnet18_mod', '--batch-size', '1',
+                          '--threads', '1', '--rounds', '1', '--min-run-time', '0.01', '--device', 'cpu',
+                          '--breakdown'], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines()[-1].startswith('resnet18_mod b1 1thr inference eager: MoD blocks ')
+    run = subprocess.run([str(CONSOLE_SCRIPT), 'benchmark', '--models', 'resnet18_mod', '--task', 'train',
+                          '--device', 'cpu', '--breakdown'], capture_output=True, text=True)
+    assert run.returncode != 0 and 'eager CPU inference only' in run.stderr
+    assert '[1/' not in run.stderr, 'nothing was timed'

@@ -101,3 +101,20 @@ def test_compiled_model_matches_eager_on_cuda(mode: str) -> None:
         for _ in range(3):  # recorded on the second call, replayed after
             out = compiled(x).clone()
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('routing', ['learned', 'random'])
+def test_no_host_synchronisation_on_cuda(routing: str) -> None:
+    """ Routing, gathering and fusing stay on the GPU: a forward and backward with CUDA's sync debug mode set to
+    'error' raises on any device-to-host wait (an .item(), a data-dependent shape, a nonzero)."""
+    model = timm.create_model('resnet18_mod', num_classes=10, routing=routing).to(CUDA)
+    x = torch.randn(4, 3, 64, 64, device=CUDA)
+    model(x)  # first calls may synchronise while cuDNN picks its algorithms
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        model(x).square().sum().backward()
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')

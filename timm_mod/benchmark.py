@@ -7,6 +7,7 @@ rounds, so drifts in clock speed or load hit all three alike; only ratios are re
 """
 import copy
 import csv
+import time
 import json
 import os
 import platform
@@ -26,7 +27,8 @@ from .mod import MoDBlock
 from .zoo import PAPER_MODELS, baseline_of, measure
 
 __all__ = ['MODES', 'BenchSetting', 'BenchRow', 'device_name', 'identity_bound', 'make_step', 'time_side_by_side',
-           'run_benchmark', 'BENCH_COLUMNS', 'bench_table_rows', 'write_results']
+           'run_benchmark', 'BENCH_COLUMNS', 'bench_table_rows', 'write_results', 'MoDTimeShare', 'mod_time_share',
+           'format_time_share']
 
 # eager; torch.compile (default mode); torch.compile(mode='reduce-overhead'), which replays CUDA graphs on a GPU
 MODES = ('eager', 'compile', 'cudagraphs')
@@ -186,6 +188,77 @@ def run_benchmark(
                 print(f'[{len(rows)}/{total}] {model_name} {setting.label}: {row.speedup:.2f}x '
                       f'(identity bound {row.identity_bound:.2f}x)', file=sys.stderr, flush=True)
     return rows
+
+
+@dataclass(frozen=True)
+class MoDTimeShare:
+    """ Where a MoD model's forward pass spends its time; milliseconds per forward."""
+    model: str
+    setting: str
+    forward_ms: float
+    mod_blocks_ms: float
+    selectors_ms: float
+    slim_blocks_ms: float
+
+    @property
+    def routing_and_fusion_ms(self) -> float:
+        """ The rest of the MoD blocks: top-k, gather, scale and fuse (and the timing hooks' own cost)."""
+        return self.mod_blocks_ms - self.selectors_ms - self.slim_blocks_ms
+
+
+def mod_time_share(model_name: str, setting: BenchSetting, repeats: int = 20) -> MoDTimeShare:
+    """ Time each MoD block's selector, slim block and remainder inside the whole model's forward.
+
+    Eager CPU inference only: forward hooks read the wall clock around each part, which says nothing for
+    asynchronous CUDA kernels or a compiled graph. The hooks add a few microseconds per MoD block.
+    """
+    if setting.device != 'cpu' or setting.mode != 'eager' or setting.task != 'inference':
+        raise ValueError(f'The MoD time share is measured for eager CPU inference only, not {setting.label}; '
+                         f'drop --breakdown or run --device cpu --mode eager --task inference.')
+    model = create_mod_model(model_name).eval()
+    totals = {'mod': 0.0, 'selector': 0.0, 'slim': 0.0}
+    started: Dict[str, float] = {}
+
+    def timed(module: nn.Module, part: str) -> None:
+        module.register_forward_pre_hook(lambda *_: started.__setitem__(part, time.perf_counter()))
+        module.register_forward_hook(
+            lambda *_: totals.__setitem__(part, totals[part] + time.perf_counter() - started[part]))
+
+    for block in model.modules():
+        if isinstance(block, MoDBlock):
+            timed(block, 'mod')
+            timed(block.block, 'slim')
+            if block.selector is not None:
+                timed(block.selector, 'selector')
+    memory_format = torch.channels_last if setting.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    x = torch.randn(setting.batch_size, 3, 224, 224).to(memory_format=memory_format)
+    autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled=setting.bf16)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(setting.threads)
+    try:
+        with torch.inference_mode(), autocast:
+            for _ in range(3):
+                model(x)
+            totals.update(dict.fromkeys(totals, 0.0))
+            start = time.perf_counter()
+            for _ in range(repeats):
+                model(x)
+            forward = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(previous_threads)
+    per_forward = {part: 1e3 * total / repeats for part, total in totals.items()}
+    return MoDTimeShare(model_name, setting.label, 1e3 * forward / repeats, per_forward['mod'],
+                        per_forward['selector'], per_forward['slim'])
+
+
+def format_time_share(share: MoDTimeShare) -> str:
+    percent = {name: f'{100 * ms / share.forward_ms:.1f} %' for name, ms in (
+        ('mod', share.mod_blocks_ms), ('selector', share.selectors_ms), ('slim', share.slim_blocks_ms),
+        ('rest', share.routing_and_fusion_ms))}
+    return (f'{share.model} {share.setting}: MoD blocks {share.mod_blocks_ms:.2f} of {share.forward_ms:.2f} ms '
+            f'({percent["mod"]}): selectors {percent["selector"]}, slim blocks {percent["slim"]}, '
+            f'top-k + gather + fusion {percent["rest"]}')
 
 
 BENCH_COLUMNS = ('model', 'setting', 'params (M)', 'GMACs', 'ms', 'baseline', 'baseline ms', 'speed-up',

@@ -70,7 +70,8 @@ def _benchmark(args: argparse.Namespace) -> None:
     import itertools
     import os
     import torch
-    from .benchmark import BENCH_COLUMNS, BenchSetting, bench_table_rows, run_benchmark, write_results
+    from .benchmark import (
+        BENCH_COLUMNS, BenchSetting, bench_table_rows, format_time_share, mod_time_share, run_benchmark, write_results)
     from .zoo import format_table
     threads = [t if t > 0 else (os.cpu_count() or 1) for t in args.threads]
     settings = [
@@ -78,12 +79,19 @@ def _benchmark(args: argparse.Namespace) -> None:
                      bf16=args.bf16, device=args.device)
         for task, mode, b, t in itertools.product(args.task, args.mode, args.batch_size, threads)
     ]
+    # first, so that a setting it cannot measure is refused before the long side-by-side timing
+    shares = [mod_time_share(name, setting) for name, setting in itertools.product(args.models, settings)
+              ] if args.breakdown else []
     rows = run_benchmark(args.models, settings, rounds=args.rounds, min_run_time=args.min_run_time)
     print(f'device: {rows[0].device_name}; torch {torch.__version__}')
     print(format_table(BENCH_COLUMNS, bench_table_rows(rows), markdown=args.markdown))
     if args.output:
         for path in write_results(rows, args.output):
             print(path, file=sys.stderr)
+    if shares:
+        print('time inside the MoD blocks, per forward (forward hooks):')
+        for share in shares:
+            print(format_time_share(share))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--rounds', type=int, default=5, help='interleaved rounds; the median is reported')
     bench.add_argument('--min-run-time', type=float, default=0.2, help='seconds per timing block')
     bench.add_argument('--output', type=Path, default=None, help='write benchmark.csv, .json and .png here')
+    bench.add_argument('--breakdown', action='store_true',
+                       help="the MoD blocks' share of the forward: selectors, slim blocks, top-k + gather + fusion "
+                            '(eager CPU inference)')
     bench.add_argument('--markdown', action='store_true', help='print a Markdown table')
     bench.set_defaults(run=_benchmark)
 
