@@ -103,8 +103,9 @@ def test_breakdown_follows_the_table_and_is_refused_before_the_timing_starts() -
                           '--threads', '1', '--rounds', '1', '--min-run-time', '0.01', '--device', 'cpu',
                           '--breakdown'], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert '[breakdown 1/1] resnet18_mod b1 1thr inference eager' in run.stderr, 'progress goes to stderr'
     assert run.stdout.splitlines()[-1].startswith('resnet18_mod b1 1thr inference eager: MoD blocks ')
-    run = subprocess.run([str(CONSOLE_SCRIPT), 'benchmark', '--models', 'resnet18_mod', '--task', 'train',
-                          '--device', 'cpu', '--breakdown'], capture_output=True, text=True)
-    assert run.returncode != 0 and 'eager CPU inference only' in run.stderr
-    assert '[1/' not in run.stderr, 'nothing was timed'
+    run = subprocess.run([str(CONSOLE_SCRIPT), 'benchmark', '--models', 'resnet18_mod', '--task', 'inference',
+                          'train', '--device', 'cpu', '--breakdown'], capture_output=True, text=True)
+    assert run.returncode != 0 and 'eager CPU inference only, not b1 1thr train eager' in run.stderr
+    assert '[breakdown' not in run.stderr and '[1/' not in run.stderr, 'nothing was timed'

@@ -27,8 +27,8 @@ from .mod import MoDBlock
 from .zoo import PAPER_MODELS, baseline_of, measure
 
 __all__ = ['MODES', 'BenchSetting', 'BenchRow', 'device_name', 'identity_bound', 'make_step', 'time_side_by_side',
-           'run_benchmark', 'BENCH_COLUMNS', 'bench_table_rows', 'write_results', 'MoDTimeShare', 'mod_time_share',
-           'format_time_share']
+           'run_benchmark', 'BENCH_COLUMNS', 'bench_table_rows', 'write_results', 'MoDTimeShare',
+           'check_time_share_setting', 'mod_time_share', 'format_time_share']
 
 # eager; torch.compile (default mode); torch.compile(mode='reduce-overhead'), which replays CUDA graphs on a GPU
 MODES = ('eager', 'compile', 'cudagraphs')
@@ -206,15 +206,20 @@ class MoDTimeShare:
         return self.mod_blocks_ms - self.selectors_ms - self.slim_blocks_ms
 
 
-def mod_time_share(model_name: str, setting: BenchSetting, repeats: int = 20) -> MoDTimeShare:
-    """ Time each MoD block's selector, slim block and remainder inside the whole model's forward.
-
-    Eager CPU inference only: forward hooks read the wall clock around each part, which says nothing for
-    asynchronous CUDA kernels or a compiled graph. The hooks add a few microseconds per MoD block.
-    """
+def check_time_share_setting(setting: BenchSetting) -> None:
+    """ Refuse a setting whose time forward hooks cannot read (asynchronous CUDA kernels, a compiled graph)."""
     if setting.device != 'cpu' or setting.mode != 'eager' or setting.task != 'inference':
         raise ValueError(f'The MoD time share is measured for eager CPU inference only, not {setting.label}; '
                          f'drop --breakdown or run --device cpu --mode eager --task inference.')
+
+
+def mod_time_share(model_name: str, setting: BenchSetting, repeats: int = 20) -> MoDTimeShare:
+    """ Time each MoD block's selector, slim block and remainder inside the whole model's forward.
+
+    Eager CPU inference only (`check_time_share_setting`): forward hooks read the wall clock around each part.
+    The hooks add a few microseconds per MoD block.
+    """
+    check_time_share_setting(setting)
     model = create_mod_model(model_name).eval()
     totals = {'mod': 0.0, 'selector': 0.0, 'slim': 0.0}
     started: Dict[str, float] = {}

@@ -71,7 +71,8 @@ def _benchmark(args: argparse.Namespace) -> None:
     import os
     import torch
     from .benchmark import (
-        BENCH_COLUMNS, BenchSetting, bench_table_rows, format_time_share, mod_time_share, run_benchmark, write_results)
+        BENCH_COLUMNS, BenchSetting, bench_table_rows, check_time_share_setting, format_time_share, mod_time_share,
+        run_benchmark, write_results)
     from .zoo import format_table
     threads = [t if t > 0 else (os.cpu_count() or 1) for t in args.threads]
     settings = [
@@ -79,9 +80,14 @@ def _benchmark(args: argparse.Namespace) -> None:
                      bf16=args.bf16, device=args.device)
         for task, mode, b, t in itertools.product(args.task, args.mode, args.batch_size, threads)
     ]
-    # first, so that a setting it cannot measure is refused before the long side-by-side timing
-    shares = [mod_time_share(name, setting) for name, setting in itertools.product(args.models, settings)
-              ] if args.breakdown else []
+    shares = []
+    if args.breakdown:  # first, so that a setting it cannot measure is refused before anything is timed
+        for setting in settings:
+            check_time_share_setting(setting)
+        runs = list(itertools.product(args.models, settings))
+        for index, (model_name, setting) in enumerate(runs, 1):
+            print(f'[breakdown {index}/{len(runs)}] {model_name} {setting.label}', file=sys.stderr, flush=True)
+            shares.append(mod_time_share(model_name, setting))
     rows = run_benchmark(args.models, settings, rounds=args.rounds, min_run_time=args.min_run_time)
     print(f'device: {rows[0].device_name}; torch {torch.__version__}')
     print(format_table(BENCH_COLUMNS, bench_table_rows(rows), markdown=args.markdown))
