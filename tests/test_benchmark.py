@@ -11,7 +11,7 @@ import torch
 
 from timm_mod import MoDBlock
 from timm_mod.benchmark import (
-    BenchSetting, format_time_share, identity_bound, make_step, mod_time_share, time_side_by_side)
+    BenchSetting, format_time_share, identity_bound, make_step, mod_time_share, profile_gap, time_side_by_side)
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / 'timm-mod'
 
@@ -101,11 +101,25 @@ def test_time_share_refuses_what_hooks_cannot_time(setting: BenchSetting) -> Non
 def test_breakdown_follows_the_table_and_is_refused_before_the_timing_starts() -> None:
     run = subprocess.run([str(CONSOLE_SCRIPT), 'benchmark', '--models', 'resnet18_mod', '--batch-size', '1',
                           '--threads', '1', '--rounds', '1', '--min-run-time', '0.01', '--device', 'cpu',
-                          '--breakdown'], capture_output=True, text=True)
+                          '--breakdown', '--profile'], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert '[breakdown 1/1] resnet18_mod b1 1thr inference eager' in run.stderr, 'progress goes to stderr'
-    assert run.stdout.splitlines()[-1].startswith('resnet18_mod b1 1thr inference eager: MoD blocks ')
+    lines = run.stdout.splitlines()
+    profile_title = lines.index('resnet18_mod b1 1thr inference eager: operators where the MoD model spends more '
+                                'than its identity bound (CPU self time, ms per step, torch.profiler)')
+    assert lines[profile_title - 2].startswith('resnet18_mod b1 1thr inference eager: MoD blocks ')
+    assert lines[profile_title + 1].split() == ['operator', 'extra', 'MoD', 'identity', 'bound']
+    assert len(lines) == profile_title + 2 + 12, 'the twelve operators with the most extra time'
     run = subprocess.run([str(CONSOLE_SCRIPT), 'benchmark', '--models', 'resnet18_mod', '--task', 'inference',
                           'train', '--device', 'cpu', '--breakdown'], capture_output=True, text=True)
     assert run.returncode != 0 and 'eager CPU inference only, not b1 1thr train eager' in run.stderr
     assert '[breakdown' not in run.stderr and '[1/' not in run.stderr, 'nothing was timed'
+
+
+def test_profile_gap_names_the_operators_only_mod_runs() -> None:
+    gaps = profile_gap('resnet18_mod', BenchSetting(batch_size=1, task='train'), steps=1, top=1000)
+    by_name = {gap.operator: gap for gap in gaps}
+    for operator in ('aten::topk', 'aten::sigmoid', '_FuseChannels', '_FuseChannelsBackward'):
+        assert by_name[operator].mod_ms > 0 and by_name[operator].identity_ms == 0, operator
+    assert by_name['aten::max_pool2d_with_indices'].identity_ms > 0, 'shared operators are timed in both'
+    assert [gap.extra_ms for gap in gaps] == sorted((gap.extra_ms for gap in gaps), reverse=True)

@@ -28,7 +28,7 @@ from .zoo import PAPER_MODELS, baseline_of, measure
 
 __all__ = ['MODES', 'BenchSetting', 'BenchRow', 'device_name', 'identity_bound', 'make_step', 'time_side_by_side',
            'run_benchmark', 'BENCH_COLUMNS', 'bench_table_rows', 'write_results', 'MoDTimeShare',
-           'check_time_share_setting', 'mod_time_share', 'format_time_share']
+           'check_time_share_setting', 'mod_time_share', 'format_time_share', 'OperatorGap', 'profile_gap']
 
 # eager; torch.compile (default mode); torch.compile(mode='reduce-overhead'), which replays CUDA graphs on a GPU
 MODES = ('eager', 'compile', 'cudagraphs')
@@ -264,6 +264,53 @@ def format_time_share(share: MoDTimeShare) -> str:
     return (f'{share.model} {share.setting}: MoD blocks {share.mod_blocks_ms:.2f} of {share.forward_ms:.2f} ms '
             f'({percent["mod"]}): selectors {percent["selector"]}, slim blocks {percent["slim"]}, '
             f'top-k + gather + fusion {percent["rest"]}')
+
+
+@dataclass(frozen=True)
+class OperatorGap:
+    """ One operator's time per step in a MoD model and in its identity bound (ms; device time on CUDA)."""
+    operator: str
+    mod_ms: float
+    identity_ms: float
+
+    @property
+    def extra_ms(self) -> float:
+        return self.mod_ms - self.identity_ms
+
+
+def profile_gap(model_name: str, setting: BenchSetting, steps: int = 3, top: int = 12) -> List[OperatorGap]:
+    """ The operators behind the gap between a MoD model and its identity bound, largest extra time first.
+
+    Both run `steps` steps of `setting` under `torch.profiler`; an operator's time is its self time per step
+    (CUDA kernel time on a GPU, CPU time otherwise), so what the MoD blocks add shows up by name: the
+    selector's reductions and matrix products, top-k, the gather and its backward, the fusion's copy.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    on_cuda = torch.device(setting.device).type == 'cuda'
+    torch.manual_seed(0)
+    mod = create_mod_model(model_name)
+    per_step: Dict[str, Dict[str, float]] = {}
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(setting.threads)
+    try:
+        for name, model in (('mod', mod), ('identity', identity_bound(mod))):
+            step = make_step(model, setting)
+            for _ in range(3):
+                step()
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+            with profile(activities=activities) as prof:
+                for _ in range(steps):
+                    step()
+                if on_cuda:
+                    torch.cuda.synchronize()
+            per_step[name] = {
+                event.key: (event.self_device_time_total if on_cuda else event.self_cpu_time_total) / steps / 1e3
+                for event in prof.key_averages()}
+    finally:
+        torch.set_num_threads(previous_threads)
+    gaps = [OperatorGap(op, per_step['mod'].get(op, 0.0), per_step['identity'].get(op, 0.0))
+            for op in set(per_step['mod']) | set(per_step['identity'])]
+    return sorted(gaps, key=lambda gap: gap.extra_ms, reverse=True)[:top]
 
 
 BENCH_COLUMNS = ('model', 'setting', 'params (M)', 'GMACs', 'ms', 'baseline', 'baseline ms', 'speed-up',

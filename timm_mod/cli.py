@@ -72,7 +72,7 @@ def _benchmark(args: argparse.Namespace) -> None:
     import torch
     from .benchmark import (
         BENCH_COLUMNS, BenchSetting, bench_table_rows, check_time_share_setting, format_time_share, mod_time_share,
-        run_benchmark, write_results)
+        profile_gap, run_benchmark, write_results)
     from .zoo import format_table
     threads = [t if t > 0 else (os.cpu_count() or 1) for t in args.threads]
     settings = [
@@ -98,6 +98,15 @@ def _benchmark(args: argparse.Namespace) -> None:
         print('time inside the MoD blocks, per forward (forward hooks):')
         for share in shares:
             print(format_time_share(share))
+    if args.profile:
+        clock = 'CUDA kernel' if torch.device(args.device).type == 'cuda' else 'CPU'
+        for model_name, setting in itertools.product(args.models, settings):
+            print(f'\n{model_name} {setting.label}: operators where the MoD model spends more than its identity '
+                  f'bound ({clock} self time, ms per step, torch.profiler)')
+            gaps = profile_gap(model_name, setting)
+            print(format_table(('operator', 'extra', 'MoD', 'identity bound'), [
+                (gap.operator[:60], f'{gap.extra_ms:+.2f}', f'{gap.mod_ms:.2f}', f'{gap.identity_ms:.2f}')
+                for gap in gaps], markdown=args.markdown))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--breakdown', action='store_true',
                        help="the MoD blocks' share of the forward: selectors, slim blocks, top-k + gather + fusion "
                             '(eager CPU inference)')
+    bench.add_argument('--profile', action='store_true',
+                       help='after the table, the operators where each MoD model spends more than its identity '
+                            'bound (torch.profiler; kernel time on CUDA)')
     bench.add_argument('--markdown', action='store_true', help='print a Markdown table')
     bench.set_defaults(run=_benchmark)
 
