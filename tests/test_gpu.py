@@ -5,7 +5,8 @@ import pytest
 import timm
 import torch
 
-from test_mod import CHANNELS, make_block, reference_forward
+from test_mod import (
+    CHANNELS, assert_close_in_bf16, assert_fast_paths_match_the_reference, fast_and_reference, make_block)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU: run .ci/device on one')
 
@@ -25,39 +26,14 @@ def full_fp32_matmuls():
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last], ids=['nchw', 'nhwc'])
 @pytest.mark.parametrize('batch', [1, 5])
 def test_block_matches_the_reference_on_cuda(fusion: str, memory_format, batch: int) -> None:
-    block = make_block(fusion).to(CUDA).train()
     x = torch.randn(batch, CHANNELS, 7, 6, device=CUDA).to(memory_format=memory_format)
-    results = []
-    for forward in (block, lambda inp: reference_forward(block, inp)):
-        x_in = x.clone().requires_grad_()
-        out = forward(x_in)
-        results.append((out, torch.autograd.grad(out.square().sum(), [x_in, *block.parameters()])))
-    (out_fast, grads_fast), (out_ref, grads_ref) = results
-    torch.testing.assert_close(out_fast, out_ref, rtol=1e-5, atol=1e-5)
-    for fast, ref in zip(grads_fast, grads_ref):
-        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
-    block.eval()
-    with torch.no_grad():
-        expected = reference_forward(block, x)
-        out = block(x.clone(memory_format=memory_format))
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert_fast_paths_match_the_reference(make_block(fusion).to(CUDA), x, atol=1e-5)
 
 
 def test_block_matches_the_reference_in_bf16_autocast_on_cuda() -> None:
-    """ Tolerances as in test_mod's bf16 test: bf16 precision, gradients against the largest gradient."""
     block = make_block().to(CUDA).train()
     x = torch.randn(4, CHANNELS, 7, 6, device=CUDA).to(memory_format=torch.channels_last)
-    results = []
-    for forward in (block, lambda inp: reference_forward(block, inp)):
-        x_in = x.clone().requires_grad_()
-        with torch.autocast('cuda', dtype=torch.bfloat16):
-            out = forward(x_in).float()
-        results.append((out, torch.autograd.grad(out.square().sum(), [x_in, *block.parameters()])))
-    (out_fast, grads_fast), (out_ref, grads_ref) = results
-    torch.testing.assert_close(out_fast, out_ref, rtol=2 ** -7, atol=2 ** -7)
-    scale = max(ref.abs().max() for ref in grads_ref).item()
-    for fast, ref in zip(grads_fast, grads_ref):
-        torch.testing.assert_close(fast.float(), ref.float(), rtol=2 ** -6, atol=2 ** -6 * scale)
+    assert_close_in_bf16(fast_and_reference(block, x, bf16=True))
 
 
 @pytest.mark.parametrize('name', ['resnet50_mod', 'mobilenetv2_mod'])

@@ -228,49 +228,52 @@ def reference_forward(block: MoDBlock, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[:, :block.k] + update, x[:, block.k:]], dim=1)
 
 
+def fast_and_reference(block: MoDBlock, x: torch.Tensor, bf16: bool = False):
+    """ (output, gradients of the input and every parameter) of the block and of `reference_forward`."""
+    results = []
+    for forward in (block, lambda inp: reference_forward(block, inp)):
+        x_in = x.clone().requires_grad_()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = forward(x_in).float()
+        results.append((out, torch.autograd.grad(out.square().sum(), [x_in, *block.parameters()])))
+    return results
+
+
+def assert_fast_paths_match_the_reference(block: MoDBlock, x: torch.Tensor, atol: float = 1e-6) -> None:
+    """ Train mode: outputs and gradients; eval mode (in-place fusion): outputs."""
+    (out_fast, grads_fast), (out_ref, grads_ref) = fast_and_reference(block.train(), x)
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-5, atol=atol)
+    for fast, ref in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=10 * atol)
+    block.eval()
+    with torch.no_grad():
+        expected = reference_forward(block, x)
+        torch.testing.assert_close(block(x.clone()), expected, rtol=1e-5, atol=atol)
+
+
 @pytest.mark.parametrize('fusion', ['first', 'last'])
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last], ids=['nchw', 'nhwc'])
 @pytest.mark.parametrize('batch', [1, 3])
 def test_fast_paths_match_the_plain_reference(fusion: str, memory_format, batch: int) -> None:
-    block = make_block(fusion)
     x = torch.randn(batch, CHANNELS, 5, 6).to(memory_format=memory_format)
-
-    block.train()
-    x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    torch.manual_seed(0)
-    out_fast = block(x_fast)
-    grads_fast = torch.autograd.grad(out_fast.square().sum(), [x_fast, *block.parameters()])
-    torch.manual_seed(0)
-    out_ref = reference_forward(block, x_ref)
-    grads_ref = torch.autograd.grad(out_ref.square().sum(), [x_ref, *block.parameters()])
-    torch.testing.assert_close(out_fast, out_ref, rtol=1e-5, atol=1e-6)
-    for fast, ref in zip(grads_fast, grads_ref):
-        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
-
-    block.eval()
-    with torch.no_grad():
-        expected = reference_forward(block, x)
-        torch.testing.assert_close(block(x.clone(memory_format=memory_format)), expected, rtol=1e-5, atol=1e-6)
+    assert_fast_paths_match_the_reference(make_block(fusion), x)
 
 
-def test_fast_paths_match_the_plain_reference_in_bf16_autocast() -> None:
+def assert_close_in_bf16(results) -> None:
     """ The paths round at different places under bf16 autocast (the reference scales in bf16, the fast path
     in the feature map's dtype), so they agree to bf16's precision (8 significant bits, 2 ** -7 relative):
     outputs element-wise, gradients to 2 ** -6 of the largest gradient (a small one, like a batch norm
     weight's, is a sum with cancellation and carries the others' absolute error)."""
-    block = make_block().train()
-    x = torch.randn(3, CHANNELS, 5, 6)
-    results = []
-    for forward in (block, lambda inp: reference_forward(block, inp)):
-        x_in = x.clone().requires_grad_()
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            out = forward(x_in)
-        results.append((out.float(), torch.autograd.grad(out.float().square().sum(), [x_in, *block.parameters()])))
     (out_fast, grads_fast), (out_ref, grads_ref) = results
     torch.testing.assert_close(out_fast, out_ref, rtol=2 ** -7, atol=2 ** -7)
     scale = max(ref.abs().max() for ref in grads_ref).item()
     for fast, ref in zip(grads_fast, grads_ref):
         torch.testing.assert_close(fast, ref, rtol=2 ** -6, atol=2 ** -6 * scale)
+
+
+def test_fast_paths_match_the_plain_reference_in_bf16_autocast() -> None:
+    block = make_block().train()
+    assert_close_in_bf16(fast_and_reference(block, torch.randn(3, CHANNELS, 5, 6), bf16=True))
 
 
 def test_compiled_training_is_one_graph_and_matches_eager() -> None:
