@@ -7,6 +7,7 @@ rounds, so drifts in clock speed or load hit all three alike; only ratios are re
 """
 import copy
 import csv
+import itertools
 import time
 import json
 import os
@@ -24,11 +25,12 @@ from torch.utils.benchmark import Timer
 
 from ._builder import create_mod_model
 from .mod import MoDBlock
-from .zoo import PAPER_MODELS, baseline_of, measure
+from .zoo import PAPER_MODELS, baseline_of, format_table, measure
 
 __all__ = ['MODES', 'BenchSetting', 'BenchRow', 'device_name', 'identity_bound', 'make_step', 'time_side_by_side',
            'run_benchmark', 'BENCH_COLUMNS', 'bench_table_rows', 'write_results', 'MoDTimeShare',
-           'check_time_share_setting', 'mod_time_share', 'format_time_share', 'OperatorGap', 'profile_gap']
+           'check_time_share_setting', 'mod_time_share', 'time_shares', 'format_time_share', 'OperatorGap',
+           'profile_gap', 'format_profile_gap']
 
 # eager; torch.compile (default mode); torch.compile(mode='reduce-overhead'), which replays CUDA graphs on a GPU
 MODES = ('eager', 'compile', 'cudagraphs')
@@ -257,6 +259,20 @@ def mod_time_share(model_name: str, setting: BenchSetting, repeats: int = 20) ->
                         per_forward['selector'], per_forward['slim'])
 
 
+def time_shares(model_names: Sequence[str], settings: Sequence[BenchSetting], progress: bool = True
+                ) -> List[MoDTimeShare]:
+    """ `mod_time_share` for every model under every setting; all settings are checked before any timing."""
+    for setting in settings:
+        check_time_share_setting(setting)
+    runs = list(itertools.product(model_names, settings))
+    shares = []
+    for index, (model_name, setting) in enumerate(runs, 1):
+        if progress:
+            print(f'[breakdown {index}/{len(runs)}] {model_name} {setting.label}', file=sys.stderr, flush=True)
+        shares.append(mod_time_share(model_name, setting))
+    return shares
+
+
 def format_time_share(share: MoDTimeShare) -> str:
     percent = {name: f'{100 * ms / share.forward_ms:.1f} %' for name, ms in (
         ('mod', share.mod_blocks_ms), ('selector', share.selectors_ms), ('slim', share.slim_blocks_ms),
@@ -311,6 +327,15 @@ def profile_gap(model_name: str, setting: BenchSetting, steps: int = 3, top: int
     gaps = [OperatorGap(op, per_step['mod'].get(op, 0.0), per_step['identity'].get(op, 0.0))
             for op in set(per_step['mod']) | set(per_step['identity'])]
     return sorted(gaps, key=lambda gap: gap.extra_ms, reverse=True)[:top]
+
+
+def format_profile_gap(model_name: str, setting: BenchSetting, gaps: Sequence[OperatorGap],
+                       markdown: bool = False) -> str:
+    clock = 'CUDA kernel' if torch.device(setting.device).type == 'cuda' else 'CPU'
+    title = (f'{model_name} {setting.label}: operators where the MoD model spends more than its identity bound '
+             f'({clock} self time, ms per step, torch.profiler)')
+    rows = [(gap.operator[:60], f'{gap.extra_ms:+.2f}', f'{gap.mod_ms:.2f}', f'{gap.identity_ms:.2f}') for gap in gaps]
+    return title + '\n' + format_table(('operator', 'extra', 'MoD', 'identity bound'), rows, markdown=markdown)
 
 
 BENCH_COLUMNS = ('model', 'setting', 'params (M)', 'GMACs', 'ms', 'baseline', 'baseline ms', 'speed-up',

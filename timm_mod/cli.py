@@ -71,8 +71,8 @@ def _benchmark(args: argparse.Namespace) -> None:
     import os
     import torch
     from .benchmark import (
-        BENCH_COLUMNS, BenchSetting, bench_table_rows, check_time_share_setting, format_time_share, mod_time_share,
-        profile_gap, run_benchmark, write_results)
+        BENCH_COLUMNS, BenchSetting, bench_table_rows, format_profile_gap, format_time_share, profile_gap,
+        run_benchmark, time_shares, write_results)
     from .zoo import format_table
     threads = [t if t > 0 else (os.cpu_count() or 1) for t in args.threads]
     settings = [
@@ -80,14 +80,8 @@ def _benchmark(args: argparse.Namespace) -> None:
                      bf16=args.bf16, device=args.device)
         for task, mode, b, t in itertools.product(args.task, args.mode, args.batch_size, threads)
     ]
-    shares = []
-    if args.breakdown:  # first, so that a setting it cannot measure is refused before anything is timed
-        for setting in settings:
-            check_time_share_setting(setting)
-        runs = list(itertools.product(args.models, settings))
-        for index, (model_name, setting) in enumerate(runs, 1):
-            print(f'[breakdown {index}/{len(runs)}] {model_name} {setting.label}', file=sys.stderr, flush=True)
-            shares.append(mod_time_share(model_name, setting))
+    # the breakdown first: a setting it cannot time is refused before the long side-by-side timing
+    shares = time_shares(args.models, settings) if args.breakdown else []
     rows = run_benchmark(args.models, settings, rounds=args.rounds, min_run_time=args.min_run_time)
     print(f'device: {rows[0].device_name}; torch {torch.__version__}')
     print(format_table(BENCH_COLUMNS, bench_table_rows(rows), markdown=args.markdown))
@@ -99,14 +93,8 @@ def _benchmark(args: argparse.Namespace) -> None:
         for share in shares:
             print(format_time_share(share))
     if args.profile:
-        clock = 'CUDA kernel' if torch.device(args.device).type == 'cuda' else 'CPU'
         for model_name, setting in itertools.product(args.models, settings):
-            print(f'\n{model_name} {setting.label}: operators where the MoD model spends more than its identity '
-                  f'bound ({clock} self time, ms per step, torch.profiler)')
-            gaps = profile_gap(model_name, setting)
-            print(format_table(('operator', 'extra', 'MoD', 'identity bound'), [
-                (gap.operator[:60], f'{gap.extra_ms:+.2f}', f'{gap.mod_ms:.2f}', f'{gap.identity_ms:.2f}')
-                for gap in gaps], markdown=args.markdown))
+            print('\n' + format_profile_gap(model_name, setting, profile_gap(model_name, setting), args.markdown))
 
 
 def build_parser() -> argparse.ArgumentParser:
