@@ -1,6 +1,7 @@
 """ The benchmark: identity bound construction, timed steps, and the command end to end on a tiny setting."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import torch
 
 from timm_mod import MoDBlock
 from timm_mod.benchmark import (
-    BenchSetting, format_time_share, identity_bound, make_step, mod_time_share, profile_gap, time_side_by_side)
+    BenchSetting, format_time_share, identity_bound, make_step, mod_time_share, profile_gap, settings_grid,
+    time_side_by_side)
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / 'timm-mod'
 
@@ -123,3 +125,11 @@ def test_profile_gap_names_the_operators_only_mod_runs() -> None:
         assert by_name[operator].mod_ms > 0 and by_name[operator].identity_ms == 0, operator
     assert by_name['aten::max_pool2d_with_indices'].identity_ms > 0, 'shared operators are timed in both'
     assert [gap.extra_ms for gap in gaps] == sorted((gap.extra_ms for gap in gaps), reverse=True)
+
+
+def test_settings_grid_times_a_gpu_setting_once() -> None:
+    cpu = settings_grid([1, 16], [1, 0], ['inference', 'train'], device='cpu')
+    assert len(cpu) == 8 and {s.threads for s in cpu} == {1, os.cpu_count()}
+    gpu = settings_grid([1, 256], [1, 0], ['inference'], ['eager', 'cudagraphs'], bf16=True, device='cuda')
+    assert [s.label for s in gpu] == ['b1 cuda inference eager bf16', 'b256 cuda inference eager bf16',
+                                      'b1 cuda inference cudagraphs bf16', 'b256 cuda inference cudagraphs bf16']

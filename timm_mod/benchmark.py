@@ -27,8 +27,8 @@ from ._builder import create_mod_model
 from .mod import MoDBlock
 from .zoo import PAPER_MODELS, baseline_of, format_table, measure
 
-__all__ = ['MODES', 'BenchSetting', 'BenchRow', 'device_name', 'identity_bound', 'make_step', 'time_side_by_side',
-           'run_benchmark', 'BENCH_COLUMNS', 'bench_table_rows', 'write_results', 'MoDTimeShare',
+__all__ = ['MODES', 'BenchSetting', 'settings_grid', 'BenchRow', 'device_name', 'identity_bound', 'make_step',
+           'time_side_by_side', 'run_benchmark', 'BENCH_COLUMNS', 'bench_table_rows', 'write_results', 'MoDTimeShare',
            'check_time_share_setting', 'mod_time_share', 'time_shares', 'format_time_share', 'OperatorGap',
            'profile_gap', 'format_profile_gap']
 
@@ -56,6 +56,27 @@ class BenchSetting:
         flags = [f'b{self.batch_size}', f'{self.threads}thr' if self.device == 'cpu' else self.device, self.task,
                  self.mode]
         return ' '.join(flags + (['cl'] if self.channels_last else []) + (['bf16'] if self.bf16 else []))
+
+
+def settings_grid(
+        batch_sizes: Sequence[int],
+        threads: Sequence[int],
+        tasks: Sequence[str] = ('inference',),
+        modes: Sequence[str] = ('eager',),
+        channels_last: bool = False,
+        bf16: bool = False,
+        device: str = 'cpu',
+) -> List[BenchSetting]:
+    """ Every combination of task, mode, batch size and thread count (0 = all cores).
+
+    CPU threads do not change a GPU run, so on a GPU each combination is timed once (with the most threads).
+    """
+    threads = [count if count > 0 else (os.cpu_count() or 1) for count in threads]
+    if torch.device(device).type != 'cpu':
+        threads = [max(threads)]
+    return [BenchSetting(batch_size=batch_size, threads=count, task=task, mode=mode, channels_last=channels_last,
+                         bf16=bf16, device=device)
+            for task, mode, batch_size, count in itertools.product(tasks, modes, batch_sizes, threads)]
 
 
 @dataclass(frozen=True)

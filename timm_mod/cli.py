@@ -68,18 +68,13 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _benchmark(args: argparse.Namespace) -> None:
     import itertools
-    import os
     import torch
     from .benchmark import (
-        BENCH_COLUMNS, BenchSetting, bench_table_rows, format_profile_gap, format_time_share, profile_gap,
-        run_benchmark, time_shares, write_results)
+        BENCH_COLUMNS, bench_table_rows, format_profile_gap, format_time_share, profile_gap, run_benchmark,
+        settings_grid, time_shares, write_results)
     from .zoo import format_table
-    threads = [t if t > 0 else (os.cpu_count() or 1) for t in args.threads]
-    settings = [
-        BenchSetting(batch_size=b, threads=t, task=task, mode=mode, channels_last=args.channels_last,
-                     bf16=args.bf16, device=args.device)
-        for task, mode, b, t in itertools.product(args.task, args.mode, args.batch_size, threads)
-    ]
+    settings = settings_grid(args.batch_size, args.threads, args.task, args.mode, channels_last=args.channels_last,
+                             bf16=args.bf16, device=args.device)
     # the breakdown first: a setting it cannot time is refused before the long side-by-side timing
     shares = time_shares(args.models, settings) if args.breakdown else []
     rows = run_benchmark(args.models, settings, rounds=args.rounds, min_run_time=args.min_run_time)
