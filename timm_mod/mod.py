@@ -136,6 +136,14 @@ def random_channel_indices(x: torch.Tensor, k: int, training: bool = True) -> to
     return hashed_channel_noise(x).topk(k, dim=1).indices
 
 
+def _add_scaled(target: torch.Tensor, update: torch.Tensor, scores: Optional[torch.Tensor]) -> None:
+    """ target += scores * update, in place (unscaled without scores: random routing)."""
+    if scores is None:
+        target.add_(update)
+    else:
+        target.addcmul_(update, scores)
+
+
 class _FuseChannels(torch.autograd.Function):
     """ out = x, with `scores * update` added to channels [start, start + k): a copy of `x` and one in-place
     `addcmul` on the k channels, in either memory format.
@@ -148,11 +156,7 @@ class _FuseChannels(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, update: torch.Tensor, scores: Optional[torch.Tensor], start: int):
         out = x.clone()
-        target = out.narrow(1, start, update.shape[1])
-        if scores is None:
-            target.add_(update)
-        else:
-            target.addcmul_(update, scores)
+        _add_scaled(out.narrow(1, start, update.shape[1]), update, scores)
         ctx.start = start
         ctx.save_for_backward(update, scores)
         return out
@@ -161,12 +165,13 @@ class _FuseChannels(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         update, scores = ctx.saved_tensors
         grad_target = grad_out.narrow(1, ctx.start, update.shape[1])
+        grad_x = grad_out if ctx.needs_input_grad[0] else None
         grad_update = grad_scores = None
         if ctx.needs_input_grad[1]:
             grad_update = grad_target if scores is None else grad_target * scores
         if scores is not None and ctx.needs_input_grad[2]:
             grad_scores = (grad_target * update).sum((2, 3), keepdim=True)
-        return grad_out, grad_update, grad_scores, None
+        return grad_x, grad_update, grad_scores, None
 
 
 @register_notrace_function
@@ -192,11 +197,7 @@ def fuse_channels(
         if scores.dtype != x.dtype:
             scores = scores.to(x.dtype)
     if not torch.is_grad_enabled() and not x.requires_grad:
-        target = x.narrow(1, start, k)
-        if scores is None:
-            target.add_(update)
-        else:
-            target.addcmul_(update, scores)
+        _add_scaled(x.narrow(1, start, k), update, scores)
         return x
     if torch.jit.is_scripting():  # TorchScript cannot call an autograd.Function: autograd's own multiply-add
         head, tail = x.split([start, k] if into_last else [k, x.shape[1] - k], dim=1)
