@@ -183,6 +183,20 @@ def test_compile_fullgraph_and_export_match_eager() -> None:
         torch.testing.assert_close(exported.module()(x.clone()), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_compiled_inference_with_inductor_freezing_matches_eager() -> None:
+    """ Freezing (weights folded into the graph, convolutions prepacked) is Inductor's CPU inference mode; it
+    failed on an in-place fusion whose result feeds a residual block, as in every MoD ResNet."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, CHANNELS, 3, padding=1), nn.BatchNorm2d(CHANNELS), nn.ReLU(), make_block(),
+        Bottleneck(CHANNELS, CHANNELS // Bottleneck.expansion)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    torch._dynamo.reset()
+    with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+        expected = net(x)
+        torch.testing.assert_close(torch.compile(net)(x), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_shapes_do_not_depend_on_data() -> None:
     block = make_block()
     graph = torch.export.export(block, (torch.randn(2, CHANNELS, 6, 6),)).graph

@@ -197,6 +197,12 @@ def fuse_channels(
         if scores.dtype != x.dtype:
             scores = scores.to(x.dtype)
     if not torch.is_grad_enabled() and not x.requires_grad:
+        if not torch.jit.is_scripting():
+            if torch.compiler.is_compiling():
+                # functional for the compiler: Inductor's freezing (torch._inductor.config.freezing) fails on the
+                # in-place add, and inside a compiled model Inductor turns this back into an add on the k channels
+                scaled = update if scores is None else update * scores
+                return x.index_add(1, torch.arange(start, start + k, device=x.device), scaled)
         _add_scaled(x.narrow(1, start, k), update, scores)
         return x
     if torch.jit.is_scripting():  # TorchScript cannot call an autograd.Function: autograd's own multiply-add
