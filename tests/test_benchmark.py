@@ -71,16 +71,14 @@ def test_benchmark_command_end_to_end(tmp_path: Path) -> None:
 
 def test_modes_compile_the_step_and_unknown_modes_are_refused() -> None:
     model = timm.create_model('resnet18_mod', num_classes=4)
-    for mode in ('compile', 'cudagraphs'):
+    for mode in ('compile', 'cudagraphs', 'freezing'):
         torch.compiler.reset()
         make_step(model, BenchSetting(batch_size=1, mode=mode), num_classes=4)()
         assert BenchSetting(mode=mode).label == f'b1 1thr inference {mode}'
-    try:
+    with pytest.raises(ValueError, match="Unknown benchmark mode 'jit'"):
         BenchSetting(mode='jit')
-    except ValueError as error:
-        assert "Unknown benchmark mode 'jit'" in str(error)
-    else:
-        raise AssertionError('an unknown mode must be refused')
+    with pytest.raises(ValueError, match='inference only; drop --task train'):
+        BenchSetting(mode='freezing', task='train')
 
 
 @pytest.mark.parametrize('model_name', ['resnet18_mod', 'resnet50_mod_rand'])

@@ -32,8 +32,9 @@ __all__ = ['MODES', 'BenchSetting', 'settings_grid', 'BenchRow', 'device_name', 
            'check_time_share_setting', 'mod_time_share', 'time_shares', 'format_time_share', 'OperatorGap',
            'profile_gap', 'format_profile_gap']
 
-# eager; torch.compile (default mode); torch.compile(mode='reduce-overhead'), which replays CUDA graphs on a GPU
-MODES = ('eager', 'compile', 'cudagraphs')
+# eager; torch.compile (default mode); torch.compile(mode='reduce-overhead'), which replays CUDA graphs on a GPU;
+# torch.compile with Inductor's freezing (weights folded into the graph: its inference mode for deployment)
+MODES = ('eager', 'compile', 'cudagraphs', 'freezing')
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class BenchSetting:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f'Unknown benchmark mode {self.mode!r}; choose one of {MODES}.')
+        if self.mode == 'freezing' and self.task == 'train':
+            raise ValueError("Inductor's freezing folds the weights into the graph, so it times inference only; "
+                             "drop --task train or use --mode compile.")
 
     @property
     def label(self) -> str:
@@ -133,7 +137,8 @@ def make_step(model: nn.Module, setting: BenchSetting, num_classes: int = 1000) 
     if setting.mode == 'eager':
         forward = model
     else:
-        forward = torch.compile(model, mode='reduce-overhead' if setting.mode == 'cudagraphs' else None)
+        forward = torch.compile(model, mode='reduce-overhead' if setting.mode == 'cudagraphs' else None,
+                                options={'freezing': True} if setting.mode == 'freezing' else None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=setting.bf16)
     if setting.task == 'inference':
         def step() -> None:

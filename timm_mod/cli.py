@@ -166,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--batch-size', type=int, nargs='+', default=[1, 16])
     bench.add_argument('--threads', type=int, nargs='+', default=[1, 0], help='CPU threads; 0 = all cores')
     bench.add_argument('--task', nargs='+', choices=['inference', 'train'], default=['inference'])
-    bench.add_argument('--mode', nargs='+', choices=['eager', 'compile', 'cudagraphs'], default=['eager'],
-                       help="cudagraphs: torch.compile(mode='reduce-overhead'), CUDA graphs on a GPU")
+    bench.add_argument('--mode', nargs='+', choices=['eager', 'compile', 'cudagraphs', 'freezing'], default=['eager'],
+                       help="cudagraphs: torch.compile(mode='reduce-overhead'), CUDA graphs on a GPU; freezing: "
+                            "torch.compile with Inductor's freezing (inference)")
     bench.add_argument('--channels-last', action='store_true')
     bench.add_argument('--bf16', action='store_true', help='bfloat16 autocast')
     bench.add_argument('--device', default='cuda' if _cuda_available() else 'cpu')
