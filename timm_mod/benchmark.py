@@ -8,15 +8,16 @@ rounds, so drifts in clock speed or load hit all three alike; only ratios are re
 import copy
 import csv
 import itertools
-import time
 import json
 import os
 import platform
 import statistics
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import timm
 import torch
@@ -234,6 +235,17 @@ class MoDTimeShare:
         return self.mod_blocks_ms - self.selectors_ms - self.slim_blocks_ms
 
 
+@contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """ torch's CPU thread count set for a block of work and restored after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def check_time_share_setting(setting: BenchSetting) -> None:
     """ Refuse a setting whose time forward hooks cannot read (asynchronous CUDA kernels, a compiled graph)."""
     if setting.device != 'cpu' or setting.mode != 'eager' or setting.task != 'inference':
@@ -248,7 +260,7 @@ def mod_time_share(model_name: str, setting: BenchSetting, repeats: int = 20) ->
     The hooks add a few microseconds per MoD block.
     """
     check_time_share_setting(setting)
-    model = create_mod_model(model_name).eval()
+    model = create_mod_model(model_name)
     totals = {'mod': 0.0, 'selector': 0.0, 'slim': 0.0}
     started: Dict[str, float] = {}
 
@@ -263,23 +275,15 @@ def mod_time_share(model_name: str, setting: BenchSetting, repeats: int = 20) ->
             timed(block.block, 'slim')
             if block.selector is not None:
                 timed(block.selector, 'selector')
-    memory_format = torch.channels_last if setting.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    x = torch.randn(setting.batch_size, 3, 224, 224).to(memory_format=memory_format)
-    autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled=setting.bf16)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(setting.threads)
-    try:
-        with torch.inference_mode(), autocast:
-            for _ in range(3):
-                model(x)
-            totals.update(dict.fromkeys(totals, 0.0))
-            start = time.perf_counter()
-            for _ in range(repeats):
-                model(x)
-            forward = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(previous_threads)
+    step = make_step(model, setting)
+    with cpu_threads(setting.threads):
+        for _ in range(3):
+            step()
+        totals.update(dict.fromkeys(totals, 0.0))
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        forward = time.perf_counter() - start
     per_forward = {part: 1e3 * total / repeats for part, total in totals.items()}
     return MoDTimeShare(model_name, setting.label, 1e3 * forward / repeats, per_forward['mod'],
                         per_forward['selector'], per_forward['slim'])
@@ -332,9 +336,7 @@ def profile_gap(model_name: str, setting: BenchSetting, steps: int = 3, top: int
     torch.manual_seed(0)
     mod = create_mod_model(model_name)
     per_step: Dict[str, Dict[str, float]] = {}
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(setting.threads)
-    try:
+    with cpu_threads(setting.threads):
         for name, model in (('mod', mod), ('identity', identity_bound(mod))):
             step = make_step(model, setting)
             for _ in range(3):
@@ -348,8 +350,6 @@ def profile_gap(model_name: str, setting: BenchSetting, steps: int = 3, top: int
             per_step[name] = {
                 event.key: (event.self_device_time_total if on_cuda else event.self_cpu_time_total) / steps / 1e3
                 for event in prof.key_averages()}
-    finally:
-        torch.set_num_threads(previous_threads)
     gaps = [OperatorGap(op, per_step['mod'].get(op, 0.0), per_step['identity'].get(op, 0.0))
             for op in set(per_step['mod']) | set(per_step['identity'])]
     return sorted(gaps, key=lambda gap: gap.extra_ms, reverse=True)[:top]
