@@ -185,8 +185,9 @@ def fuse_channels(
 
     The other channels pass through. Scaling and adding are one `addcmul`. When nothing needs the history
     of `x` (no grad mode and `x` does not require grad) the add happens in place, so inference never copies
-    the full feature map; like `nn.ReLU(inplace=True)` this overwrites the input. Otherwise the result is a
-    new tensor (`_FuseChannels`, whose backward passes the gradient of `x` through without a copy).
+    the full feature map; like `nn.ReLU(inplace=True)` this overwrites the input (under `torch.compile` the
+    add is written functionally and Inductor makes it in place). Otherwise the result is a new tensor
+    (`_FuseChannels`, whose backward passes the gradient of `x` through without a copy).
     """
     k = update.shape[1]
     start = x.shape[1] - k if into_last else 0
