@@ -1,6 +1,7 @@
 """ ResNet-MoD specifics: slim Bottleneck shape, c and r overrides, stochastic depth, pretrained cfg."""
 import pytest
 import timm
+import torch
 
 from timm_mod import MoDBlock
 
@@ -23,8 +24,8 @@ def test_c_and_r_override_through_create_model() -> None:
 
 
 @pytest.mark.parametrize('name, c, message', [
-    ('resnet50_mod', 3, 'not a multiple of the Bottleneck expansion 4'),
-    ('resnet50_mod', 128, 'not a multiple of the Bottleneck expansion 4'),
+    ('resnet50_mod', 3, 'k=85 of 256 channels, which a slim Bottleneck .* the largest c that works .* is 2'),
+    ('resnet50_mod', 128, 'k=2 of 256 channels, .* the largest c that works for this model is 64'),
     ('resnet18_mod', 128, r'choose c <= 64'),
     ('resnet18_mod', 0, 'positive integer'),
 ])
@@ -44,6 +45,15 @@ def test_drop_path_follows_timm_schedule_on_the_mod_update(name: str) -> None:
             assert getattr(mod_block.drop_path, 'drop_prob', 0.0) == pytest.approx(expected)
             if isinstance(mod_block, MoDBlock):
                 assert mod_block.block.drop_path is None
+
+
+@pytest.mark.parametrize('name, last_norm', [('resnet50_mod', 'bn3'), ('regnety_016_mod', 'conv3.bn')])
+@pytest.mark.parametrize('zero_init_last', [True, False])
+def test_zero_init_last_reaches_the_slim_blocks(name: str, last_norm: str, zero_init_last: bool) -> None:
+    model = timm.create_model(name, zero_init_last=zero_init_last)
+    for block in (m for m in model.modules() if isinstance(m, MoDBlock)):
+        weight = block.block.get_submodule(last_norm).weight
+        assert torch.equal(weight, torch.full_like(weight, 0.0 if zero_init_last else 1.0))
 
 
 def test_output_stride_dilates_the_slim_blocks_like_the_dense_ones() -> None:

@@ -131,14 +131,24 @@ def test_to_mod_resnet50_is_resnet50_mod() -> None:
     assert num_params(converted) == num_params(registered) == 18_105_949
 
 
-@pytest.mark.parametrize('name', OUR_MODELS)
-def test_registered_models_are_to_mod_of_their_plain_model(name: str) -> None:
-    plain = timm.create_model(OUR_MODELS[name], device='meta')
-    registered = timm.create_model(name, device='meta')
-    assert next(m for m in registered.modules() if isinstance(m, MoDBlock)).c == default_c(plain)
-    converted = to_mod(plain)
+@pytest.mark.parametrize('name, plain_name', [
+    ('resnet18_mod', 'resnet18'), ('resnet50_mod', 'resnet50'), ('mobilenetv2_mod', 'mobilenetv2_100'),
+    *OUR_MODELS.items()])
+def test_registered_models_are_to_mod_of_their_plain_model(name: str, plain_name: str) -> None:
+    """ The registered models are built by `to_mod` itself: under one seed, equal weight for weight."""
+    torch.manual_seed(0)
+    registered = timm.create_model(name)
+    c = next(m for m in registered.modules() if isinstance(m, MoDBlock)).c
+    torch.manual_seed(0)
+    plain = timm.create_model(plain_name)
+    if name in OUR_MODELS:
+        assert c == default_c(plain)
+    converted = to_mod(plain, c=c)
     assert str(converted).splitlines()[1:] == str(registered).splitlines()[1:]
-    assert num_params(converted) == num_params(registered)
+    converted_state, registered_state = converted.state_dict(), registered.state_dict()
+    assert list(converted_state) == list(registered_state)
+    for key, value in registered_state.items():
+        assert torch.equal(converted_state[key], value), key
 
 
 def test_default_c_keeps_the_papers_c_where_it_can() -> None:

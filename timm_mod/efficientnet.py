@@ -5,28 +5,26 @@ MobileNetV2: `MobileNetV2: Inverted Residuals and Linear Bottlenecks` - https://
 
 The stem, the dense blocks, the head and the model API are timm's `EfficientNet`, built from arch-def
 strings by `decode_arch_def` and `EfficientNetBuilder`; the MoD blocks wrap timm's `InvertedResidual`
-built at width k by the same builder settings. The module is named after timm's `efficientnet`, where
+rebuilt at width k from the settings of the block each replaces. The module is named after timm's `efficientnet`, where
 timm's own MobileNetV2 lives.
 """
-from copy import deepcopy
 from functools import partial
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch.nn as nn
-from timm.layers import LayerType
-from timm.models import register_model, generate_default_cfgs
 from timm.layers import make_divisible
+from timm.models import register_model, generate_default_cfgs
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
 from timm.models._efficientnet_builder import (
-    BlockArgs, EfficientNetBuilder, decode_arch_def, efficientnet_init_weights, resolve_act_layer, resolve_bn_args,
+    BlockArgs, decode_arch_def, efficientnet_init_weights, resolve_act_layer, resolve_bn_args,
     round_channels)
 from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
 
 from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
-from .mod import MoDBlock, ModFamily, UnsupportedBlock, mod_every_second_block, norm_layer_of, register_family
+from .mod import ModFamily, UnsupportedBlock, apply_mod, norm_layer_of, register_family
 
-__all__ = ['EFFICIENTNET_FAMILY', 'MoDEfficientNet', 'efficientnet_block_config', 'slim_efficientnet_block']
+__all__ = ['EFFICIENTNET_FAMILY', 'MoDEfficientNet', 'efficientnet_block_config']
 
 MOD_BLOCK_TYPES = (InvertedResidual, DepthwiseSeparableConv)
 
@@ -90,22 +88,6 @@ EFFICIENTNET_FAMILY = register_family(ModFamily(
 ))
 
 
-def slim_efficientnet_block(
-        dense: nn.Module,
-        width: int,
-        builder: EfficientNetBuilder,
-        block_args: Dict[str, Any],
-) -> nn.Module:
-    """ The dense block rebuilt by timm's builder from its own arch-def args, at width k in and out.
-
-    InvertedResidual(k, k, exp_ratio=6) is 1x1 k -> 6k, depthwise 3x3, 1x1 6k -> k (timm rounds the
-    expanded width to a multiple of 8, as it does for every dense block).
-    """
-    builder.in_chs = width
-    slim_args = dict(deepcopy(block_args), out_chs=width, stride=1, dilation=dense.conv_dw.dilation[0])
-    return builder._make_block(slim_args, 0, 1)
-
-
 class MoDEfficientNet(EfficientNet):
     """ EfficientNet-family model whose blocks at odd indices of every multi-block stage are MoD blocks."""
 
@@ -116,63 +98,20 @@ class MoDEfficientNet(EfficientNet):
             r: int = 16,
             fusion: str = 'first',
             routing: str = 'learned',
-            output_stride: int = 32,
-            pad_type: str = '',
-            act_layer: Optional[LayerType] = None,
-            norm_layer: Optional[LayerType] = None,
-            aa_layer: Optional[LayerType] = None,
-            se_layer: Optional[LayerType] = None,
-            device=None,
-            dtype=None,
             **kwargs: Any,
     ) -> None:
         """
         Args:
-            block_args, output_stride, pad_type, act_layer, norm_layer, aa_layer, se_layer: As timm's
-                `EfficientNet`; the slim blocks are built with the same settings.
+            block_args: As timm's `EfficientNet` (decoded arch-def).
             c: Channel divisor; MoD blocks process k = C // c channels (16 in the paper).
             r: Reduction of the channel selector (16 in the paper).
             fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels.
             routing: 'learned' (selector) or 'random' (MoD rand.).
-            **kwargs: The rest of timm's `EfficientNet` arguments (num_classes, in_chans, drop_path_rate, ...).
+            **kwargs: The rest of timm's `EfficientNet` arguments (num_classes, act_layer, se_layer,
+                output_stride, drop_path_rate, ...); the slim blocks are rebuilt from the dense blocks these make.
         """
-        dd = {'device': device, 'dtype': dtype}
-        stage_args: List[List[Dict[str, Any]]] = deepcopy(block_args)  # timm's builder edits block_args in place
-        super().__init__(
-            block_args=block_args,
-            output_stride=output_stride,
-            pad_type=pad_type,
-            act_layer=act_layer,
-            norm_layer=norm_layer,
-            aa_layer=aa_layer,
-            se_layer=se_layer,
-            **dd,
-            **kwargs,
-        )
-        slim_builder = EfficientNetBuilder(
-            output_stride=output_stride,
-            pad_type=pad_type,
-            round_chs_fn=lambda chs: chs,  # a slim block is exactly k wide
-            act_layer=act_layer or nn.ReLU,
-            norm_layer=norm_layer or nn.BatchNorm2d,
-            aa_layer=aa_layer,
-            se_layer=se_layer or SqueezeExcite,
-            **dd,
-        )
-        for stage, args in zip(self.blocks, stage_args):
-            if len(stage) > 1:
-                mod_every_second_block(
-                    stage,
-                    partial(slim_efficientnet_block, builder=slim_builder, block_args=args[1]),
-                    c=c,
-                    r=r,
-                    fusion=fusion,
-                    routing=routing,
-                    **dd,
-                )
-        for module in self.modules():
-            if isinstance(module, MoDBlock):  # timm's init assumes biased Linear layers, so only the slim blocks
-                efficientnet_init_weights(module.block)
+        super().__init__(block_args=block_args, **kwargs)
+        apply_mod(self, EFFICIENTNET_FAMILY, c, r, fusion, routing)
 
 
 def _create_mod_efficientnet(

@@ -9,7 +9,8 @@ Every tensor shape depends only on the input shape, so the graph is static: no c
 TorchScript, FX, `torch.compile(fullgraph=True)`, `torch.export` and ONNX all see one graph.
 
 The adapter knows nothing about model families. A family says where MoD goes and how to build its slim
-block (a `ModFamily`, declared in each family module); `mod_every_second_block` and `to_mod` do the rest.
+block (a `ModFamily`, declared in each family module); `apply_mod` builds every registered model and `to_mod`
+converts a plain one. `mod_every_second_block` does the same for a stage of a model of one's own.
 """
 from dataclasses import dataclass
 from functools import partial
@@ -449,9 +450,15 @@ def apply_mod(
         r: int = 16,
         fusion: str = 'first',
         routing: str = 'learned',
+        init_block: Optional[Callable[[nn.Module], None]] = None,
 ) -> nn.Module:
     """ Put MoD blocks into a model of `family` in place. Every MoD block is built before the first one goes in,
-    so a bad c or a block the family cannot rebuild raises and leaves the model as it was."""
+    so a bad c or a block the family cannot rebuild raises and leaves the model as it was.
+
+    `init_block` replaces the family's slim-block init, for a model built with other init options (timm's
+    `zero_init_last=False`).
+    """
+    init_block = init_block or family.init_block
     sites = _mod_sites(model, family)
     for _, _, dense, path, channels in sites:
         k = mod_width(channels, c)
@@ -469,7 +476,7 @@ def apply_mod(
 
         def build(dense: nn.Module = dense, dd: Dict[str, Any] = dd) -> MoDBlock:
             block = mod_block_for(dense, partial(family.slim_block, **dd), c, r, fusion, routing, **dd)
-            family.init_block(block.block)
+            init_block(block.block)
             return block.train(dense.training)
         built.append((stage, name, _family_call(family, path, dense, build)))
     for stage, name, block in built:

@@ -6,6 +6,7 @@ RegNet: `Designing Network Design Spaces` - https://arxiv.org/abs/2003.13678
 The stem, dense blocks, head and model API are timm's `RegNet` (X and Y, from timm's own model configs);
 each MoD block wraps timm's RegNet `Bottleneck` rebuilt at width k from the block it replaces.
 """
+from functools import partial
 from typing import Any, Dict
 
 import torch.nn as nn
@@ -49,13 +50,18 @@ def _regnet_slim_width_ok(dense: nn.Module, width: int) -> bool:
     return bottleneck_width >= groups and bottleneck_width % groups == 0
 
 
+def _init_regnet_block(block: nn.Module, zero_init_last: bool = True) -> None:
+    """ timm's RegNet init (by default with a zeroed last norm), on one block."""
+    block.apply(partial(_init_weights, zero_init_last=zero_init_last))
+
+
 REGNET_FAMILY = register_family(ModFamily(
     name='RegNet',
     model_types=(RegNet,),
     stages=lambda model: [stage for stage in model.children() if isinstance(stage, RegStage)],
     slim_block=lambda dense, width, **dd: Bottleneck(width, width, **regnet_block_config(dense, width), **dd),
     slim_width_ok=_regnet_slim_width_ok,
-    init_block=lambda block: block.apply(lambda m: _init_weights(m, zero_init_last=True)),
+    init_block=_init_regnet_block,
     preferred_c=16,
 ))
 
@@ -69,6 +75,7 @@ class MoDRegNet(RegNet):
             r: int = 16,
             fusion: str = 'first',
             routing: str = 'learned',
+            zero_init_last: bool = True,
             **kwargs: Any,
     ) -> None:
         """
@@ -77,10 +84,12 @@ class MoDRegNet(RegNet):
             r: Reduction of the channel selector.
             fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels.
             routing: 'learned' (selector) or 'random'.
+            zero_init_last: As timm's `RegNet`; the slim blocks are initialised the same way.
             **kwargs: timm's `RegNet` arguments (cfg, num_classes, drop_path_rate, ...).
         """
-        super().__init__(**kwargs)
-        apply_mod(self, REGNET_FAMILY, c, r, fusion, routing)
+        super().__init__(zero_init_last=zero_init_last, **kwargs)
+        apply_mod(self, REGNET_FAMILY, c, r, fusion, routing,
+                  init_block=partial(_init_regnet_block, zero_init_last=zero_init_last))
 
 
 def _create_mod_regnet(variant: str, pretrained: bool = False, **kwargs: Any) -> MoDRegNet:

@@ -7,15 +7,14 @@ timm's own `BasicBlock` / `Bottleneck` built at width k. The module is named aft
 that timm's registry files these models with the ResNets they extend.
 """
 from functools import partial
-from typing import Any, Dict, Optional, Tuple, Type, Union
+from typing import Any, Dict, Tuple, Type, Union
 
 import torch.nn as nn
-from timm.layers import LayerType, get_act_layer, get_norm_layer
 from timm.models import register_model, generate_default_cfgs
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
-from .mod import ModFamily, UnsupportedBlock, mod_every_second_block, norm_layer_of, register_family
+from .mod import ModFamily, UnsupportedBlock, apply_mod, norm_layer_of, register_family
 
 __all__ = ['MoDResNet', 'RESNET_FAMILY', 'resnet_block_config', 'slim_resnet_block']
 
@@ -70,9 +69,9 @@ def _resnet_slim_width_ok(dense: nn.Module, width: int) -> bool:
     return width % expansion == 0 and (width // expansion) * resnet_block_config(dense)['base_width'] >= 64
 
 
-def _init_resnet_block(block: nn.Module) -> None:
-    """ timm's ResNet init (Kaiming normal convs, zeroed last norm), on one block."""
-    ResNet.init_weights(block, zero_init_last=True)
+def _init_resnet_block(block: nn.Module, zero_init_last: bool = True) -> None:
+    """ timm's ResNet init (Kaiming normal convs, by default a zeroed last norm), on one block."""
+    ResNet.init_weights(block, zero_init_last=zero_init_last)
 
 
 RESNET_FAMILY = register_family(ModFamily(
@@ -97,68 +96,22 @@ class MoDResNet(ResNet):
             r: int = 16,
             fusion: str = 'first',
             routing: str = 'learned',
-            channels: Tuple[int, ...] = (64, 128, 256, 512),
-            cardinality: int = 1,
-            base_width: int = 64,
-            block_reduce_first: int = 1,
-            act_layer: LayerType = nn.ReLU,
-            norm_layer: LayerType = nn.BatchNorm2d,
-            aa_layer: Optional[Type[nn.Module]] = None,
             zero_init_last: bool = True,
-            block_args: Optional[Dict[str, Any]] = None,
-            device=None,
-            dtype=None,
             **kwargs: Any,
     ) -> None:
         """
         Args:
-            block, layers, channels, cardinality, base_width, block_reduce_first, act_layer, norm_layer,
-                aa_layer, zero_init_last, block_args: As timm's `ResNet`; the slim blocks are built with them too.
+            block, layers, zero_init_last: As timm's `ResNet`; the slim blocks are initialised the same way.
             c: Channel divisor; MoD blocks process k = C // c channels (64 in the paper).
             r: Reduction of the channel selector (16 in the paper).
             fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels.
             routing: 'learned' (selector) or 'random' (MoD rand.).
-            **kwargs: The rest of timm's `ResNet` arguments (num_classes, in_chans, drop_path_rate, ...).
+            **kwargs: The rest of timm's `ResNet` arguments (channels, cardinality, block_args, num_classes,
+                drop_path_rate, ...); the slim blocks are rebuilt from the dense blocks these make.
         """
-        dd = {'device': device, 'dtype': dtype}
-        block_args = block_args or {}
-        super().__init__(
-            block=block,
-            layers=layers,
-            channels=channels,
-            cardinality=cardinality,
-            base_width=base_width,
-            block_reduce_first=block_reduce_first,
-            act_layer=act_layer,
-            norm_layer=norm_layer,
-            aa_layer=aa_layer,
-            zero_init_last=zero_init_last,
-            block_args=block_args,
-            **dd,
-            **kwargs,
-        )
-        make_slim_block = partial(
-            slim_resnet_block,
-            cardinality=cardinality,
-            base_width=base_width,
-            reduce_first=block_reduce_first,
-            act_layer=get_act_layer(act_layer),
-            norm_layer=get_norm_layer(norm_layer),
-            aa_layer=aa_layer,
-            **block_args,
-            **dd,
-        )
-        for stage_index in range(len(channels)):
-            mod_every_second_block(
-                getattr(self, f'layer{stage_index + 1}'),
-                make_slim_block,
-                c=c,
-                r=r,
-                fusion=fusion,
-                routing=routing,
-                **dd,
-            )
-        self.init_weights(zero_init_last=zero_init_last)
+        super().__init__(block=block, layers=layers, zero_init_last=zero_init_last, **kwargs)
+        apply_mod(self, RESNET_FAMILY, c, r, fusion, routing,
+                  init_block=partial(_init_resnet_block, zero_init_last=zero_init_last))
 
 
 def _create_mod_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> MoDResNet:
