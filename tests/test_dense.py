@@ -76,7 +76,8 @@ def test_output_stride_8_mod_backbone_matches_a_reference_computation() -> None:
         slim = block.block
         pooled = x.mean((2, 3))
         scores = torch.sigmoid(F.relu(pooled @ block.selector.fc1.weight.T) @ block.selector.fc2.weight.T)
-        scores, indices = scores.topk(block.k, dim=1)
+        scores, indices = scores.sort(dim=1, descending=True, stable=True)
+        scores, indices = scores[:, :block.k], indices[:, :block.k]
         picked = torch.stack([sample[index] for sample, index in zip(x, indices)])
         h = F.relu(bn(F.conv2d(picked, slim.conv1.weight), slim.bn1))
         h = F.relu(bn(F.conv2d(h, slim.conv2.weight, padding=dilation, dilation=dilation), slim.bn2))

@@ -5,7 +5,8 @@ import torch.nn as nn
 from timm.models._efficientnet_blocks import InvertedResidual
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from timm_mod.mod import ChannelSelector, MoDBlock, fuse_channels, mod_every_second_block, mod_width
+from timm_mod.mod import (
+    ChannelSelector, MoDBlock, fuse_channels, mod_every_second_block, mod_width, top_k_channels)
 
 CHANNELS = 32
 C_DIVISOR = 4
@@ -88,6 +89,32 @@ def test_scores_in_slot_order_and_indices_follow_a_forced_selector() -> None:
     indices, scores = block.route(x)
     assert indices.tolist() == [preferred.tolist()] * 2
     assert torch.all(scores[:, :-1] >= scores[:, 1:])
+
+
+@pytest.mark.parametrize('shape, k', [((1, 7), 3), ((5, 64), 4), ((3, 2048), 32)])
+def test_top_k_channels_is_topk_where_scores_differ(shape, k: int) -> None:
+    torch.manual_seed(0)
+    scores = torch.rand(shape)
+    values, indices = top_k_channels(scores, k)
+    expected = scores.topk(k, dim=1)
+    assert torch.equal(values, expected.values) and torch.equal(indices, expected.indices)
+
+
+def test_top_k_channels_gives_equal_scores_to_the_lower_channel() -> None:
+    scores = torch.tensor([[0.5, 0.7, 0.5, 0.5, 0.7, 0.1], [0.5] * 6], dtype=torch.bfloat16)
+    values, indices = top_k_channels(scores, 4)
+    assert indices.tolist() == [[1, 4, 0, 2], [0, 1, 2, 3]]
+    assert values.tolist() == [[0.69921875, 0.69921875, 0.5, 0.5], [0.5] * 4]
+
+
+def test_a_selector_scoring_all_channels_alike_routes_the_first_k() -> None:
+    """ A dead ReLU in the selector's hidden layer scores every channel sigmoid(0) = 0.5."""
+    block = make_block()
+    with torch.no_grad():
+        block.selector.fc1.weight.zero_()
+    x = torch.rand(3, CHANNELS, 4, 4)
+    indices, scores = block.route(x)
+    assert indices.tolist() == [list(range(K))] * 3 and torch.all(scores == 0.5)
 
 
 def test_gradients_reach_the_selector_and_slim_block() -> None:
@@ -234,7 +261,8 @@ def test_every_second_block_of_a_stage_becomes_mod() -> None:
 def reference_forward(block: MoDBlock, x: torch.Tensor) -> torch.Tensor:
     """ The plain formulation: element-wise gather, multiply, add, concat; never in place."""
     scores = block.selector(x)
-    values, indices = scores.topk(block.k, dim=1)
+    order = scores.argsort(dim=1, descending=True, stable=True)[:, :block.k]
+    values, indices = scores.gather(1, order), order
     selected = torch.gather(x, 1, indices[:, :, None, None].expand(-1, -1, *x.shape[2:]))
     update = block.block(selected) * values[:, :, None, None]
     if block.fuse_last:

@@ -168,6 +168,7 @@ def test_torch_export_matches_eager(name: str) -> None:
 @pytest.mark.parametrize('name', ['resnet18_mod', 'resnet50_mod_lk', 'mobilenetv2_mod'])
 def test_onnx_export_runs_in_onnxruntime(tmp_path, name: str) -> None:
     import onnxruntime
+    torch.manual_seed(0)  # mobilenetv2_mod's one-unit selectors then score channels alike (ReLU off)
     model = timm.create_model(name).eval()
     x = torch.randn(*SMALL_INPUT)
     path = tmp_path / f'{name}.onnx'
@@ -177,3 +178,33 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path, name: str) -> None:
     with torch.no_grad():
         expected = model(x).numpy()
     assert abs(out - expected).max() < 1e-4
+
+
+def test_equal_scores_route_the_same_channels_in_every_runtime(tmp_path) -> None:
+    """ topk leaves the order of equal scores to each backend; MoD sends them to the lower channel everywhere."""
+    import onnxruntime
+    torch.manual_seed(0)
+    model = timm.create_model('mobilenetv2_mod', num_classes=10).eval()
+    blocks = [m for m in model.modules() if isinstance(m, MoDBlock)]
+    with torch.no_grad():
+        for block in blocks:
+            block.selector.fc1.weight.zero_()  # hidden unit at 0: every score is sigmoid(0) = 0.5
+    routes = []
+    hooks = [block.register_forward_pre_hook(lambda block, args: routes.append(block.route(args[0])[0]))
+             for block in blocks]
+    x = torch.randn(*SMALL_INPUT)
+    with torch.no_grad():
+        eager = model(x)
+    for hook in hooks:
+        hook.remove()
+    assert [route.tolist() for route in routes] == [[list(range(b.k))] * len(x) for b in blocks]
+
+    path = tmp_path / 'tied.onnx'
+    torch.onnx.export(model, (x,), str(path), dynamo=True)
+    session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        scripted = torch.jit.script(model)(x)
+        compiled = torch.compile(model, fullgraph=True)(x)
+    for out in (torch.from_numpy(onnx_out), scripted, compiled):
+        torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)

@@ -23,8 +23,8 @@ from timm.layers import register_notrace_function
 
 __all__ = [
     'FUSION_TARGETS', 'ROUTING_MODES', 'SlimBlockFn',
-    'ChannelSelector', 'MoDBlock', 'mod_width', 'gather_channels', 'hashed_channel_noise', 'random_channel_indices',
-    'fuse_channels',
+    'ChannelSelector', 'MoDBlock', 'mod_width', 'top_k_channels', 'gather_channels', 'hashed_channel_noise',
+    'random_channel_indices', 'fuse_channels',
     'block_in_channels', 'norm_layer_of', 'mod_every_second_block', 'mod_block_for',
     'ModFamily', 'MOD_FAMILIES', 'UnsupportedBlock', 'register_family', 'find_family', 'mod_positions', 'default_c',
     'apply_mod', 'to_mod',
@@ -87,6 +87,24 @@ class ChannelSelector(nn.Module):
 
 
 @register_notrace_function
+def top_k_channels(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """ (values, indices) of the k highest scores per sample, highest first, equal scores by lower channel index.
+
+    `topk` leaves the order of equal scores to the backend: the CPU, CUDA, Inductor and onnxruntime each pick
+    differently. Equal scores are common: a selector whose one-unit hidden layer has its ReLU off scores every
+    channel sigmoid(0) = 0.5, and bf16 rounds close scores together. So `topk` runs on a key that orders by
+    score and then by channel, the same in every runtime (a stable sort would too, but ONNX cannot export one).
+    Scores are selector outputs in [0, 1] (or integer noise): in float32 `score * 2**40` is an exact integer
+    for every score above 1e-5, so the key keeps their order exactly; only smaller scores tie.
+    """
+    channels = scores.shape[1]
+    rank = (scores.float() * 2.0 ** 40).long() if scores.is_floating_point() else scores
+    key = rank * channels + torch.arange(channels - 1, -1, -1, device=scores.device)
+    indices = key.topk(k, dim=1).indices
+    return scores.gather(1, indices), indices
+
+
+@register_notrace_function
 def gather_channels(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """ Per-sample channel gather: (B, C, H, W) at indices (B, k) -> (B, k, H, W), in index order.
 
@@ -131,10 +149,8 @@ def random_channel_indices(x: torch.Tensor, k: int, training: bool = True) -> to
     `hashed_channel_noise`, so inference is repeatable like any timm model's while each image
     still takes its own random-looking channels.
     """
-    if training:
-        noise = torch.rand(x.shape[0], x.shape[1], device=x.device)
-        return noise.topk(k, dim=1).indices
-    return hashed_channel_noise(x).topk(k, dim=1).indices
+    noise = torch.rand(x.shape[0], x.shape[1], device=x.device) if training else hashed_channel_noise(x)
+    return top_k_channels(noise, k)[1]
 
 
 def _add_scaled(target: torch.Tensor, update: torch.Tensor, scores: Optional[torch.Tensor]) -> None:
@@ -273,7 +289,7 @@ class MoDBlock(nn.Module):
         """ Channel indices (B, k) to process, highest score first, and their scores (None when random)."""
         if self.selector is None:
             return random_channel_indices(x, self.k, self.training), None
-        scores, indices = self.selector(x).topk(self.k, dim=1)
+        scores, indices = top_k_channels(self.selector(x), self.k)
         return indices, scores
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

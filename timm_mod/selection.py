@@ -1,8 +1,8 @@
 """ What the channel selector does: how often each channel is selected, per MoD block and per class.
 
-The paper's Section 5.1 and Figure 4. Forward hooks on every selector record its scores; the top-k of
-them are exactly the channels the MoD block routes (the block takes `scores.topk(k)` of the same tensor),
-so the model runs unchanged, in eval mode. Frequencies are percentages of all selections in a block, as in
+The paper's Section 5.1 and Figure 4. Forward hooks on every selector record its scores; their top k
+(`top_k_channels`, as the block takes them) are exactly the channels the MoD block routes, so the model
+runs unchanged, in eval mode. Frequencies are percentages of all selections in a block, as in
 the paper's figure; they sum to 100 per block and class.
 """
 import csv
@@ -20,7 +20,7 @@ import torch.nn as nn
 from timm.data import create_dataset, create_transform, resolve_data_config
 
 from ._builder import create_mod_model
-from .mod import MoDBlock
+from .mod import MoDBlock, top_k_channels
 
 __all__ = ['SelectionCounts', 'BlockSummary', 'load_model', 'count_selections', 'summarize', 'write_selection']
 
@@ -110,7 +110,7 @@ def count_selections(
 
     def hook(name: str, block: MoDBlock):
         def record(_module: nn.Module, _inputs, scores: torch.Tensor) -> None:
-            chosen = torch.zeros_like(scores, dtype=torch.long).scatter_(1, scores.topk(block.k, dim=1).indices, 1)
+            chosen = torch.zeros_like(scores, dtype=torch.long).scatter_(1, top_k_channels(scores, block.k)[1], 1)
             counts[name].index_add_(0, batch_targets[0], chosen)
         return record
 
