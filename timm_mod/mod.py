@@ -99,7 +99,7 @@ def top_k_channels(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Te
     """
     channels = scores.shape[1]
     rank = (scores.float() * 2.0 ** 40).long() if scores.is_floating_point() else scores
-    key = rank * channels + torch.arange(channels - 1, -1, -1, device=scores.device)
+    key = torch.arange(channels - 1, -1, -1, device=scores.device).add(rank, alpha=channels)
     indices = key.topk(k, dim=1).indices
     return scores.gather(1, indices), indices
 
