@@ -7,6 +7,7 @@ import torch
 
 from test_mod import (
     CHANNELS, assert_close_in_bf16, assert_fast_paths_match_the_reference, fast_and_reference, make_block)
+from timm_mod.mod import top_k_channels
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU: run .ci/device on one')
 
@@ -45,6 +46,15 @@ def test_model_on_cuda_matches_the_cpu(name: str) -> None:
         expected = model(x)
         out = model.to(CUDA, memory_format=torch.channels_last)(x.to(CUDA, memory_format=torch.channels_last))
     torch.testing.assert_close(out.cpu(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_equal_scores_take_the_same_channels_on_cuda_as_on_the_cpu(dtype) -> None:
+    torch.manual_seed(0)
+    scores = torch.rand(64, 512).mul(8).round().div(8).to(dtype)  # nine distinct values: ties everywhere
+    values, indices = top_k_channels(scores, 32)
+    cuda_values, cuda_indices = top_k_channels(scores.to(CUDA), 32)
+    assert torch.equal(cuda_indices.cpu(), indices) and torch.equal(cuda_values.cpu(), values)
 
 
 @pytest.mark.parametrize('mode', ['default', 'reduce-overhead'])

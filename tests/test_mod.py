@@ -105,6 +105,11 @@ def test_top_k_channels_gives_equal_scores_to_the_lower_channel() -> None:
     values, indices = top_k_channels(scores, 4)
     assert indices.tolist() == [[1, 4, 0, 2], [0, 1, 2, 3]]
     assert values.tolist() == [[0.69921875, 0.69921875, 0.5, 0.5], [0.5] * 4]
+    torch.manual_seed(0)
+    scores = torch.rand(8, 300).mul(8).round().div(8)  # nine distinct values: ties everywhere
+    indices = top_k_channels(scores, 40)[1]
+    for row, taken in zip(scores.tolist(), indices.tolist()):
+        assert taken == sorted(range(len(row)), key=lambda channel: (-row[channel], channel))[:40]
 
 
 def test_a_selector_scoring_all_channels_alike_routes_the_first_k() -> None:
