@@ -5,8 +5,8 @@ MobileNetV2: `MobileNetV2: Inverted Residuals and Linear Bottlenecks` - https://
 
 The stem, the dense blocks, the head and the model API are timm's `EfficientNet`, built from arch-def
 strings by `decode_arch_def` and `EfficientNetBuilder`; the MoD blocks wrap timm's `InvertedResidual`
-rebuilt at width k from the settings of the block each replaces. The module is named after timm's `efficientnet`, where
-timm's own MobileNetV2 lives.
+rebuilt at width k from the settings of the block each replaces. The module is named after timm's
+`efficientnet`, where timm's own MobileNetV2 lives.
 """
 from functools import partial
 from typing import Any, Dict, List
