@@ -6,7 +6,7 @@ from timm.models._efficientnet_blocks import InvertedResidual
 from timm.models.resnet import BasicBlock, Bottleneck
 
 from timm_mod.mod import (
-    ChannelSelector, MoDBlock, fuse_channels, mod_every_second_block, mod_width, top_k_channels)
+    ChannelSelector, MoDBlock, fuse_channels, mod_every_second_block, mod_width, set_in_place_fusion, top_k_channels)
 
 CHANNELS = 32
 C_DIVISOR = 4
@@ -29,9 +29,13 @@ def make_block(fusion: str = 'first', routing: str = 'learned', block_cls=Bottle
 def expected_output(block: MoDBlock, x: torch.Tensor) -> torch.Tensor:
     """ The paper's equations, sample by sample, independent of the block's own routing code."""
     out = x.clone()
-    scores = block.selector(x)
-    for b in range(x.shape[0]):
-        order = scores[b].argsort(descending=True)[:block.k]
+    if block.selector is None:  # random routing in eval: one fixed draw, unscaled
+        scores = torch.zeros(x.shape[0], x.shape[1]).index_fill_(1, block.eval_channels, 1.0)
+        orders = [block.eval_channels] * x.shape[0]
+    else:
+        scores = block.selector(x)
+        orders = [scores[b].argsort(descending=True, stable=True)[:block.k] for b in range(x.shape[0])]  # ties: lower
+    for b, order in enumerate(orders):
         processed = block.block(x[b:b + 1, order]) * scores[b, order][None, :, None, None]
         target = slice(x.shape[1] - block.k, None) if block.fuse_last else slice(0, block.k)
         out[b:b + 1, target] = x[b:b + 1, target] + processed
@@ -56,25 +60,52 @@ def test_fusion_semantics_exact(fusion: str, grad: bool) -> None:
     assert not torch.equal(out[:, fused], x[:, fused]), 'the fused channels must change'
 
 
-def test_inference_adds_in_place_training_does_not() -> None:
+def test_inference_leaves_the_input_alone_unless_in_place_fusion_is_opted_in() -> None:
+    """ The input is the previous block's output, which hooks and feature extractors hold."""
     block = make_block()
     x = torch.randn(2, CHANNELS, 4, 4)
+    original = x.clone()
+    with torch.no_grad():
+        expected = expected_output(block, x)
+        out = block(x)
+    assert torch.equal(x, original), 'no-grad inference must not change the caller\'s tensor'
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    block(x.requires_grad_()).sum().backward()
+    assert torch.equal(x.detach(), original), 'with grad enabled the input must be left untouched'
+
+    x = original.clone()
+    set_in_place_fusion(block)
     with torch.no_grad():
         out = block(x)
-    assert out.data_ptr() == x.data_ptr(), 'no-grad inference must add into the input, not copy it'
-
-    x = torch.randn(2, CHANNELS, 4, 4)
-    original = x.clone()
-    out = block.train()(x)
-    assert out.data_ptr() != x.data_ptr()
-    assert torch.equal(x, original), 'with grad enabled the input must be left untouched'
+    assert out.data_ptr() == x.data_ptr(), 'opted-in inference adds into the input'
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    x = original.clone()
+    block(x)
+    assert torch.equal(x, original), 'opting in never changes the input when gradients are on'
+    set_in_place_fusion(block, False)
+    with torch.no_grad():
+        assert block(x).data_ptr() != x.data_ptr()
 
 
 def test_in_place_is_skipped_when_the_input_needs_its_history() -> None:
     x = torch.randn(1, 4, 2, 2, requires_grad=True)
     with torch.no_grad():
-        out = fuse_channels(x, torch.ones(1, 2, 2, 2))
+        out = fuse_channels(x, torch.ones(1, 2, 2, 2), in_place=True)
     assert out.data_ptr() != x.data_ptr()
+
+
+def test_drop_path_removes_the_whole_update() -> None:
+    """ Stochastic depth on a MoD block drops its contribution (drop probability 1: output == input)."""
+    from timm.layers import DropPath
+    block = make_block().train()
+    block.drop_path = DropPath(1.0)
+    x = torch.randn(3, CHANNELS, 4, 4)
+    assert torch.equal(block(x), x)
+    block.drop_path = DropPath(0.5)
+    torch.manual_seed(0)
+    x = torch.randn(64, CHANNELS, 2, 2)
+    dropped = (block(x) == x).flatten(1).all(1)
+    assert 10 < int(dropped.sum()) < 54, 'about half of the samples keep their input unchanged'
 
 
 def test_scores_in_slot_order_and_indices_follow_a_forced_selector() -> None:
@@ -105,6 +136,10 @@ def test_top_k_channels_gives_equal_scores_to_the_lower_channel() -> None:
     values, indices = top_k_channels(scores, 4)
     assert indices.tolist() == [[1, 4, 0, 2], [0, 1, 2, 3]]
     assert values.tolist() == [[0.69921875, 0.69921875, 0.5, 0.5], [0.5] * 4]
+    below_half = torch.tensor(0.3)
+    one_ulp_more = torch.nextafter(below_half, torch.tensor(1.0))
+    assert top_k_channels(torch.stack([below_half, one_ulp_more, below_half])[None], 1)[1].item() == 1, \
+        'scores one float32 ulp apart are not a tie'
     torch.manual_seed(0)
     scores = torch.rand(8, 300).mul(8).round().div(8)  # nine distinct values: ties everywhere
     indices = top_k_channels(scores, 40)[1]
@@ -154,20 +189,29 @@ def test_random_routing_has_no_selector_and_training_is_reproducible() -> None:
     assert not torch.equal(first, third)
 
 
-def test_random_routing_in_eval_is_repeatable_per_sample() -> None:
+def test_random_routing_in_eval_is_one_fixed_draw_kept_in_the_state_dict() -> None:
     block = make_block(routing='random')
     x = torch.randn(6, CHANNELS, 3, 3)
     torch.manual_seed(1)
     indices, _ = block.route(x)
+    assert indices.tolist() == [block.eval_channels.tolist()] * 6
+    assert len(set(indices[0].tolist())) == K, 'k distinct channels'
     torch.manual_seed(2)
-    assert torch.equal(block.route(x)[0], indices), 'eval routing must not depend on the RNG state'
-    assert torch.equal(block.route(x[3:4])[0], indices[3:4]), 'a sample must not depend on its batch'
-    assert len({tuple(row) for row in indices.tolist()}) == 6, 'different samples take different channels'
+    assert torch.equal(block.route(x[3:4])[0], indices[3:4]), 'neither the RNG nor the batch changes the draw'
+    with torch.no_grad():
+        alone, in_batch = block(x[3:4]), block(torch.cat([x[3:4], x[3:4], x[:2]]))
+    torch.testing.assert_close(in_batch[:2], alone.expand(2, -1, -1, -1), rtol=0, atol=1e-6)
+    assert torch.equal(block.state_dict()['eval_channels'], block.eval_channels)
+    other = make_block(routing='random')
+    torch.manual_seed(5)
+    redrawn = MoDBlock(CHANNELS, lambda k: Bottleneck(k, k // 4), c=C_DIVISOR, routing='random').eval()
+    assert not torch.equal(redrawn.eval_channels, other.eval_channels), 'each block draws its own channels'
+    redrawn.load_state_dict(other.state_dict())
+    assert torch.equal(redrawn.route(x)[0], other.route(x)[0]), 'a loaded model routes as the saved one'
 
 
-@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
-def test_random_routing_is_uniform_distinct_and_unscaled(training: bool) -> None:
-    block = make_block(routing='random').train(training)
+def test_random_routing_in_training_is_uniform_distinct_and_unscaled() -> None:
+    block = make_block(routing='random').train()
     torch.manual_seed(0)
     x = torch.randn(4000, CHANNELS, 2, 2)
     indices, scores = block.route(x)
@@ -181,12 +225,28 @@ def test_random_routing_is_uniform_distinct_and_unscaled(training: bool) -> None
     expected_pair = K / CHANNELS * (K - 1) / (CHANNELS - 1)
     torch.testing.assert_close(pair_frequency, torch.full_like(pair_frequency, expected_pair), rtol=0.35, atol=0)
 
-    block.eval()
-    with torch.no_grad():
-        idx, _ = block.route(x[:2])
-        out = block(x[:2].clone())
-        expected = x[:2, :K] + block.block(torch.stack([x[b, idx[b]] for b in range(2)]))
-    torch.testing.assert_close(out[:, :K], expected, rtol=0, atol=1e-6)
+
+@pytest.mark.parametrize('fusion', ['first', 'last'])
+def test_random_routing_training_matches_a_plain_reference(fusion: str) -> None:
+    """ Output and gradients against the method written out: the top-k of uniform noise, an unscaled add."""
+    block = make_block(fusion, routing='random').train()
+    x = torch.randn(3, CHANNELS, 4, 5)
+    torch.manual_seed(7)
+    x_in = x.clone().requires_grad_()
+    out = block(x_in)
+    grads = torch.autograd.grad(out.square().sum(), [x_in, *block.parameters()])
+    torch.manual_seed(7)
+    order = torch.rand(3, CHANNELS).argsort(dim=1, descending=True)[:, :K]
+    x_ref = x.clone().requires_grad_()
+    selected = torch.stack([x_ref[b, order[b]] for b in range(3)])
+    target = slice(CHANNELS - K, None) if fusion == 'last' else slice(0, K)
+    pieces = [x_ref[:, :CHANNELS - K], x_ref[:, target] + block.block(selected)] if fusion == 'last' else \
+        [x_ref[:, target] + block.block(selected), x_ref[:, K:]]
+    expected = torch.cat(pieces, dim=1)
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x_ref, *block.parameters()])
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('block_cls', [BasicBlock, Bottleneck, InvertedResidual])
@@ -204,15 +264,44 @@ def test_selector_is_bias_free_se_shape() -> None:
     assert scores.shape == (2, 1024) and scores.min() > 0 and scores.max() < 1
 
 
-def test_compile_fullgraph_and_export_match_eager() -> None:
-    block = make_block()
+@pytest.mark.parametrize('fusion, routing', [('first', 'learned'), ('last', 'learned'), ('first', 'random')])
+def test_compile_fullgraph_and_export_match_the_paper_equations(fusion: str, routing: str) -> None:
+    block = make_block(fusion, routing)
     x = torch.randn(2, CHANNELS, 6, 6)
     with torch.no_grad():
-        expected = block(x.clone())
+        expected = expected_output(block, x)
+        torch._dynamo.reset()
         compiled = torch.compile(block, fullgraph=True)
         torch.testing.assert_close(compiled(x.clone()), expected, rtol=1e-5, atol=1e-5)
         exported = torch.export.export(block, (x.clone(),))
         torch.testing.assert_close(exported.module()(x.clone()), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('fusion, routing', [('first', 'learned'), ('last', 'learned'), ('last', 'random')])
+@pytest.mark.parametrize('grad', [False, True], ids=['no_grad', 'grad'])
+def test_torchscript_matches_the_paper_equations(fusion: str, routing: str, grad: bool) -> None:
+    block = make_block(fusion, routing)
+    scripted = torch.jit.script(block)
+    x = torch.randn(3, CHANNELS, 5, 4)
+    with torch.no_grad():
+        expected = expected_output(block, x)
+    with torch.set_grad_enabled(grad):
+        out = scripted(x.clone().requires_grad_(grad))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    if grad:
+        x_ref, x_script = x.clone().requires_grad_(), x.clone().requires_grad_()
+        want = torch.autograd.grad(expected_output(block, x_ref).square().sum(), [x_ref, *block.parameters()])
+        got = torch.autograd.grad(scripted(x_script).square().sum(), [x_script, *block.parameters()])
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('routing', ['learned', 'random'])
+def test_an_empty_batch_gives_an_empty_output(routing: str) -> None:
+    block = make_block(routing=routing)
+    for train in (False, True):
+        out = block.train(train)(torch.empty(0, CHANNELS, 4, 4))
+        assert out.shape == (0, CHANNELS, 4, 4)
 
 
 def test_compiled_inference_with_inductor_freezing_matches_eager() -> None:

@@ -208,3 +208,129 @@ def test_equal_scores_route_the_same_channels_in_every_runtime(tmp_path) -> None
         compiled = torch.compile(model, fullgraph=True)(x)
     for out in (torch.from_numpy(onnx_out), scripted, compiled):
         torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('name, layer', [('resnet18_mod', 'layer1.0'), ('mobilenetv2_mod', 'blocks.1.0')])
+def test_forward_hooks_keep_what_they_saw(name: str, layer: str) -> None:
+    """ A MoD block's input is the previous block's output: a hook holding it must see it unchanged."""
+    model = timm.create_model(name).eval()
+    held = {}
+    model.get_submodule(layer).register_forward_hook(
+        lambda module, args, out: held.update(tensor=out, copy=out.clone()))
+    with torch.no_grad():
+        model(torch.randn(*SMALL_INPUT))
+    assert torch.equal(held['tensor'], held['copy'])
+
+
+@pytest.mark.parametrize('name, nodes', [
+    ('resnet18_mod', {'layer1.0.act2': 'before_mod', 'layer1.1': 'after_mod'}),
+    ('mobilenetv2_mod', {'blocks.1.0': 'before_mod', 'blocks.1.1': 'after_mod'}),
+])
+def test_feature_extraction_is_the_same_with_and_without_gradients(name: str, nodes) -> None:
+    from timm.models import create_feature_extractor
+    torch.manual_seed(0)
+    extractor = create_feature_extractor(timm.create_model(name).eval(), nodes)
+    x = torch.randn(*SMALL_INPUT)
+    with torch.no_grad():
+        without = extractor(x)
+    with_grad = extractor(x)
+    for key in nodes.values():
+        torch.testing.assert_close(without[key], with_grad[key], rtol=0, atol=0)
+
+
+def randomise_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """ Non-trivial batch-norm statistics, a stand-in for a trained model (at init eval BN is nearly an identity)."""
+    torch.manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    return model
+
+
+def test_random_routing_in_eval_does_not_depend_on_the_batch_or_the_runtime() -> None:
+    torch.manual_seed(0)
+    model = randomise_norms(timm.create_model('resnet50_mod_rand', num_classes=10)).eval()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        batch, alone = model(x), model(x[1:2])
+        twice = model(torch.cat([x[1:2], x[1:2]]))
+        torch.testing.assert_close(batch[1:2], alone, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(twice, alone.expand(2, -1), rtol=1e-5, atol=1e-4)
+        torch._dynamo.reset()
+        converted = randomise_norms(timm.create_model('resnet18_mod', num_classes=10, routing='random')).eval()
+        torch.testing.assert_close(torch.compile(converted)(x), converted(x), rtol=1e-4, atol=1e-4)
+
+
+def routing_margin(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """ The smallest gap, over every MoD block and sample, between the k-th and the (k+1)-th selector score."""
+    gaps = []
+
+    def record(block: MoDBlock):
+        def hook(module, args, scores: torch.Tensor) -> None:
+            ordered = scores.sort(dim=1, descending=True).values
+            gaps.append((ordered[:, block.k - 1] - ordered[:, block.k]).min().item())
+        return hook
+
+    blocks = [m for m in model.modules() if isinstance(m, MoDBlock) and m.selector is not None]
+    handles = [block.selector.register_forward_hook(record(block)) for block in blocks]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    return min(gaps, default=float('inf'))
+
+
+def input_away_from_ties(model: torch.nn.Module, batch: int, margin: float = 1e-5) -> torch.Tensor:
+    """ An input whose routing margin is far above the float noise between runtimes (~1e-7 in a score): at init
+    a selector scores channels within ~1e-6 of each other, where another runtime's summation order may route
+    another channel, a difference of rounding rather than of the graph."""
+    for seed in range(200):
+        x = torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+        if routing_margin(model, x) >= margin:
+            return x
+    raise AssertionError('no input found with the routing margin')
+
+
+EXPORT_CASES = [
+    ('resnet18_mod', {}),
+    ('resnet18_mod', {'fusion': 'last'}),
+    ('resnet18_mod', {'routing': 'random'}),
+    ('mobilenetv2_mod', {}),
+    ('convnext_nano_mod', {}),
+    ('regnety_016_mod', {}),
+]
+
+
+@pytest.mark.parametrize('exporter', ['torchscript', 'dynamo'])
+@pytest.mark.parametrize('name, kwargs', EXPORT_CASES, ids=[f'{n}-{"-".join(map(str, k.values())) or "default"}'
+                                                            for n, k in EXPORT_CASES])
+def test_timm_onnx_export_matches_pytorch_in_onnxruntime_and_openvino(tmp_path, name: str, kwargs, exporter) -> None:
+    """ timm's own exporter (what its onnx_export.py runs), TorchScript-based and dynamo, with a dynamic batch:
+    the exported model gives PyTorch's logits in onnxruntime and OpenVINO at batch 1 and 3."""
+    import onnxruntime
+    import openvino
+    from timm.utils.onnx import onnx_export
+    torch.manual_seed(0)
+    model = randomise_norms(timm.create_model(name, num_classes=10, **kwargs)).eval()
+    path = tmp_path / 'model.onnx'
+    onnx_export(model, str(path), example_input=input_away_from_ties(model, 2), check_forward=True,
+                use_dynamo=exporter == 'dynamo')
+    session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    # f32: on CPUs with bf16 units OpenVINO computes in bf16 by default
+    compiled = openvino.Core().compile_model(str(path), 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
+    for batch in (1, 3):
+        x = input_away_from_ties(model, batch)
+        with torch.no_grad():
+            expected = model(x)
+        (from_ort,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        from_openvino = compiled(x.numpy())[0]
+        for out in (from_ort, from_openvino):
+            torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_an_empty_batch_gives_empty_logits_like_timm(model_name: str) -> None:
+    model = timm.create_model(model_name, num_classes=10).eval()
+    with torch.no_grad():
+        assert model(torch.empty(0, 3, 64, 64)).shape == (0, 10)

@@ -175,7 +175,8 @@ def test_converting_twice_and_unsupported_models_are_clear_errors() -> None:
     supported = r'does not support VisionTransformer .*ConvNeXt \(ConvNeXt\).*ResNet \(ResNet\)'
     with pytest.raises(TypeError, match=supported):
         to_mod(timm.create_model('vit_tiny_patch16_224', device='meta'))
-    with pytest.raises(TypeError, match='wraps InvertedResidual and DepthwiseSeparableConv blocks, not ConvBnAct'):
+    refusal = r'^blocks\.0\.1: .*wraps InvertedResidual and DepthwiseSeparableConv blocks, not ConvBnAct'
+    with pytest.raises(TypeError, match=refusal):
         to_mod(timm.create_model('efficientnetv2_rw_t', device='meta'))
     with pytest.raises(TypeError, match=r'wraps its Bottleneck \(RegNetX, RegNetY\), not PreBottleneck'):
         to_mod(timm.create_model('regnetv_040', device='meta'))
@@ -220,6 +221,9 @@ def test_convert_command(tmp_path: Path) -> None:
          '--output', str(tmp_path / 'init.safetensors')], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert 'resnet18 weights in resnet18_mod' in run.stdout and '--initial-checkpoint' in run.stdout
+    hinted_args_file = Path(run.stdout.split(' -c ')[1].split()[0])
+    assert hinted_args_file.is_absolute() and hinted_args_file.name == 'finetune_from_dense.yaml'
+    assert hinted_args_file.is_file(), 'train.py runs from timm\'s checkout: the hint must find the arg file'
     run = subprocess.run([str(CONSOLE_SCRIPT), 'convert', '--model', 'resnet75_mod', '--pretrained',
                           '--output', str(tmp_path / 'x.pth')], capture_output=True, text=True)
     assert run.returncode != 0 and "'resnet75_mod' has no plain timm counterpart" in run.stderr
@@ -267,3 +271,31 @@ def test_selection_counts_a_converted_plain_model(tmp_path: Path) -> None:
     assert set(counts.counts) == blocks
     for name, table in counts.counts.items():
         assert table.sum().item() == 6 * counts.k[name]  # every sample picks exactly k channels
+
+
+def test_converting_an_eval_model_gives_eval_mod_blocks() -> None:
+    model = to_mod(timm.create_model('resnet18').eval())
+    assert not any(m.training for m in model.modules())
+    model = to_mod(timm.create_model('resnet18').train())
+    assert all(m.training for m in model.modules())
+
+
+def test_slim_blocks_normalise_like_the_dense_blocks() -> None:
+    """ tf_efficientnet_b0 uses BN eps 1e-3 (TensorFlow's), not PyTorch's 1e-5."""
+    model = to_mod(timm.create_model('tf_efficientnet_b0'))
+    slim_norms = [m for block in model.modules() if isinstance(block, MoDBlock)
+                  for m in block.block.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert slim_norms and {m.eps for m in slim_norms} == {1e-3}
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(fusion='middle'), r"fusion 'middle'; choose one of \('first', 'last'\)"),
+    (dict(routing='smart'), r"routing 'smart'; choose one of \('learned', 'random'\)"),
+    (dict(r=0), 'selector reduction r must be a positive integer'),
+])
+def test_bad_mod_arguments_are_value_errors_naming_the_choices(kwargs, message: str) -> None:
+    for build in (lambda: timm.create_model('resnet18_mod', **kwargs),
+                  lambda: timm.create_model('mobilenetv2_mod', **kwargs),
+                  lambda: to_mod(timm.create_model('resnet18'), **kwargs)):
+        with pytest.raises(ValueError, match=message):
+            build()
