@@ -160,7 +160,7 @@ def test_non_empty_out_dir_is_refused_unless_overwrite(tmp_path: Path) -> None:
 
 def assert_nothing_left(parent: Path, out: Path) -> None:
     assert not out.exists()
-    assert not [p for p in parent.iterdir() if p.name.startswith('.timm-mod-publish-')]
+    assert not [p for p in parent.iterdir() if p.name.startswith('.timm-mod-')]
 
 
 def test_corrupt_safetensors_is_a_clear_error_leaving_nothing(tmp_path: Path) -> None:
@@ -245,3 +245,78 @@ def test_a_plain_model_name_is_refused(tmp_path: Path) -> None:
     train_py_checkpoint(tmp_path / 'ckpt.pth.tar', 'resnet18_mod')
     with pytest.raises(ValueError, match="'resnet18' is not a registered MoD model"):
         publish('resnet18', tmp_path / 'ckpt.pth.tar', out_dir=tmp_path / 'o')
+
+
+TRANSFORMERS_CHECK = '''
+import importlib.util, json, sys
+assert importlib.util.find_spec('timm') is not None  # probed first, as transformers' is_timm_available does
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+folder = sys.argv[1]
+image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+model = AutoModelForImageClassification.from_pretrained(folder).eval()
+processor = AutoImageProcessor.from_pretrained(folder)
+pixels = processor(image, return_tensors='pt')['pixel_values']
+with torch.no_grad():
+    logits = model(pixel_values=pixels).logits
+top = pipeline('image-classification', model=folder)(image, top_k=1)[0]['label']
+import timm
+reference = timm.create_model('local-dir:' + folder, pretrained=True).eval()
+config = timm.data.resolve_model_data_config(reference)
+expected_pixels = timm.data.create_transform(**config, is_training=False)(image)[None]
+with torch.no_grad():
+    expected = reference(expected_pixels)
+labels = json.load(open(folder + '/config.json'))['label_names']
+print(json.dumps(dict(
+    timm_mod_imported='timm_mod' in sys.modules and sys.modules['timm_mod'].__spec__ is not None,
+    pixels_equal=torch.equal(pixels, expected_pixels), logits_diff=(logits - expected).abs().max().item(),
+    pipeline_label=top, timm_label=labels[expected.argmax().item()])))
+'''
+
+
+def test_transformers_loads_a_published_folder_as_timm_does(tmp_path: Path) -> None:
+    """ transformers' TimmWrapper: from_pretrained, AutoImageProcessor and pipeline, in a fresh offline process
+    that never imports timm_mod itself (the start-up hook registers the zoo when timm is imported)."""
+    from PIL import Image
+    data = tmp_path / 'data'
+    for name in ('ant', 'bee', 'cat', 'dog', 'elk'):
+        (data / 'train' / name).mkdir(parents=True)
+        Image.new('RGB', (8, 8)).save(data / 'train' / name / '0.png')
+    train_py_checkpoint(tmp_path / 'ckpt.pth.tar', 'resnet18_mod', c=32)
+    folder = publish('resnet18_mod', tmp_path / 'ckpt.pth.tar', out_dir=tmp_path / 'hub', data_dir=data)
+    config = json.loads((Path(folder) / 'config.json').read_text())
+    assert config['model_args'] == {'c': 32, 'fusion': 'first', 'r': 16, 'routing': 'learned'}
+    env = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', HF_HOME=str(tmp_path / 'hf'))
+    run = subprocess.run([sys.executable, '-c', TRANSFORMERS_CHECK, folder], env=env, capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result['pixels_equal'], 'AutoImageProcessor must give timm\'s preprocessing'
+    assert result['logits_diff'] == 0.0
+    assert result['pipeline_label'] == result['timm_label']
+
+
+def test_card_metadata_and_files_are_fit_to_publish(tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard
+    train_py_checkpoint(tmp_path / 'ckpt.pth.tar', 'resnet18_mod')
+    checkpoint = torch.load(tmp_path / 'ckpt.pth.tar', weights_only=False)
+    checkpoint['args'].data_dir = '/home/someone/private/datasets/digits'
+    torch.save(checkpoint, tmp_path / 'ckpt.pth.tar')
+    folder = Path(publish('resnet18_mod', tmp_path / 'ckpt.pth.tar', out_dir=tmp_path / 'o', dataset='cifar10'))
+    card = ModelCard.load(folder / 'README.md')
+    metadata = card.data.to_dict()
+    assert metadata['library_name'] == 'timm' and metadata['pipeline_tag'] == 'image-classification'
+    assert metadata['license'] == 'apache-2.0' and metadata['datasets'] == ['cifar10']
+    assert {'timm', 'image-classification'} <= set(metadata['tags'])
+    assert '/home/someone' not in card.text, 'the training machine\'s paths stay private'
+    assert "(source: training run: the checkpoint's metric)" in card.text, 'no summary.csv was there to cite'
+    assert '"c": 64' in card.text
+    for path in folder.iterdir():
+        assert path.stat().st_mode & 0o044 == 0o044 & ~current_umask(), f'{path.name} must be readable by others'
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

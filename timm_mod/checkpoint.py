@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from timm.models import clean_state_dict, get_pretrained_cfg_value
 
 from ._builder import create_mod_model, describe_state_dict_mismatch, require_registered
+from ._output import staged_output
 from .mod import MoDBlock, to_mod
 
 __all__ = [
@@ -151,6 +152,8 @@ def convert_dense_weights(
     dict that `timm.models.load_checkpoint` loads strictly into `mod_name`.
     """
     output = Path(output)
+    if output.is_dir():
+        raise ValueError(f'--output {output} is a folder; name the file to write, e.g. {output / mod_name}.pth.')
     if output.exists() and not overwrite:
         raise FileExistsError(f'{output} exists; choose another --output or pass --overwrite.')
     if (checkpoint_path is None) == (not pretrained):
@@ -167,11 +170,9 @@ def convert_dense_weights(
             raise ValueError(f'{checkpoint_path} is not a checkpoint of {plain_name!r}, the plain counterpart of '
                              f'{mod_name!r}: {str(error)[:400]}') from error
     state_dict = mod_from_dense(mod_name, dense).state_dict()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staged = output.with_name(f'.{output.name}.partial')
-    if output.suffix == '.safetensors':
-        save_file(state_dict, str(staged))
-    else:
-        torch.save(state_dict, staged)
-    staged.replace(output)
+    with staged_output(output) as staged:
+        if output.suffix == '.safetensors':
+            save_file(state_dict, str(staged))
+        else:
+            torch.save(state_dict, staged)
     return output

@@ -8,7 +8,6 @@ published row and this checkpoint's own results.
 import csv
 import json
 import os
-import shutil
 import tempfile
 from importlib.resources import files
 from pathlib import Path
@@ -21,11 +20,12 @@ from timm.data import resolve_data_config
 from timm.models import save_for_hf
 
 from ._builder import is_mod_model_name
+from ._output import staged_output
 from .checkpoint import Checkpoint, model_from_checkpoint
 from .mod import MoDBlock, find_family
 from .zoo import OUR_MODELS, PAPER_MODELS, measure
 
-__all__ = ['read_results', 'render_model_card', 'check_hub_access', 'publish']
+__all__ = ['read_results', 'reconstruction_args', 'render_model_card', 'check_hub_access', 'publish']
 
 CARD_TEMPLATE = 'model_card.md'
 
@@ -42,10 +42,13 @@ def read_results(path: Path) -> Dict[str, Any]:
 
 
 def _training_results(checkpoint: Checkpoint) -> Dict[str, Any]:
-    """ The checkpoint's epoch and metric, with top-5 from train.py's summary.csv beside it when there is one."""
+    """ The checkpoint's metric, with top-5 from train.py's summary.csv beside it when there is one, and where
+    the figures come from."""
     results: Dict[str, Any] = {}
+    sources = []
     if checkpoint.metric is not None:
         results['top1'] = checkpoint.metric
+        sources.append('the checkpoint\'s metric')
     summary = checkpoint.path.parent / 'summary.csv'
     if summary.is_file() and checkpoint.epoch is not None:
         with open(summary, newline='') as f:
@@ -53,7 +56,31 @@ def _training_results(checkpoint: Checkpoint) -> Dict[str, Any]:
         if row:
             results.setdefault('top1', row.get('eval_top1'))
             results['top5'] = row.get('eval_top5')
+            sources.append(f"train.py's summary.csv, epoch {checkpoint.epoch}")
+    if sources:
+        results['source'] = 'training run: ' + ' and '.join(sources)
     return results
+
+
+# train.py arguments that name places on the training machine: a public card has no use for them
+MACHINE_LOCAL_ARGS = ('data_dir', 'data', 'output', 'resume', 'initial_checkpoint', 'class_map', 'log_wandb')
+
+
+def reconstruction_args(model: nn.Module, model_kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """ config.json's `model_args`: what rebuilds this architecture from its registered name (the MoD arguments,
+    the run's other model arguments and a non-default in_chans), nothing that config.json holds elsewhere
+    (num_classes, global_pool) or that only training uses (drop rates): transformers' TimmWrapper passes
+    num_classes itself beside `**model_args`."""
+    block = next(m for m in model.modules() if isinstance(m, MoDBlock))
+    args = {key: value for key, value in model_kwargs.items()
+            if key not in ('num_classes', 'global_pool', 'pretrained') and 'drop' not in key}
+    args.update(c=block.c, fusion=block.fusion, routing=block.routing)
+    if block.selector is not None:
+        args['r'] = block.selector.r
+    in_chans = model.pretrained_cfg.get('input_size', (3,))[0]
+    if in_chans != 3:
+        args['in_chans'] = in_chans
+    return dict(sorted(args.items()))
 
 
 def _label_names(train_args: Dict[str, Any], data_dir: Optional[Path]) -> Optional[List[str]]:
@@ -101,7 +128,8 @@ def render_model_card(
             f", top-5 {float(results['top5']):.2f} %" if results.get('top5') not in (None, '') else '')
     else:
         own = 'not measured: publish with `--results` (a validate.py results file) to record them'
-    args_yaml = yaml.safe_dump({k: v for k, v in sorted(train_args.items()) if _is_plain(v)}, default_flow_style=None)
+    shown_args = {k: v for k, v in sorted(train_args.items()) if _is_plain(v) and k not in MACHINE_LOCAL_ARGS}
+    args_yaml = yaml.safe_dump(shown_args, default_flow_style=None)
     template = Template((files('timm_mod') / 'hub_cards' / CARD_TEMPLATE).read_text())
     return template.substitute(
         datasets_header=f'datasets:\n- {dataset}\n' if dataset else '',
@@ -164,8 +192,9 @@ def publish(
 ) -> str:
     """ Build the Hub folder for a trained model and write it to `out_dir` or push it to `repo_id`.
 
-    Nothing is left behind on failure: the folder is built in a temporary directory and moved into place
-    (or uploaded) only when complete. An existing non-empty `out_dir` is replaced only with `overwrite`.
+    The folder is built beside `out_dir` and swapped in only when complete (`staged_output`), so an interrupted
+    publish leaves the old folder or the new one, whole. An existing non-empty `out_dir` is replaced only with
+    `overwrite`.
     """
     if (out_dir is None) == (repo_id is None):
         raise ValueError('Give exactly one of --out-dir (a local folder) or --repo-id (push to the Hub).')
@@ -184,31 +213,43 @@ def publish(
     if results_file is not None:
         results = dict(read_results(results_file), source=f'validate.py results file `{Path(results_file).name}`')
     else:
-        results = dict(_training_results(checkpoint), source='training run (checkpoint metric, summary.csv)')
+        results = _training_results(checkpoint)
     label_names = _label_names(checkpoint.train_args, data_dir)
     # the preprocessing the weights were trained and evaluated with, as train.py resolves it
     data_config = resolve_data_config(checkpoint.train_args, model=model) if checkpoint.train_args else None
     dataset = dataset or ('imagenet-1k' if model.num_classes == 1000 else None)
     repo_name = repo_id.split('/')[-1] if repo_id else out_dir.name
 
-    parent = out_dir.parent if out_dir is not None else None
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=parent, prefix='.timm-mod-publish-') as staging:
-        folder = Path(staging) / 'hub'
-        save_for_hf(
-            model, str(folder), model_config=dict(label_names=label_names) if label_names else None,
-            safe_serialization=True, data_config=data_config)
-        model.pretrained_cfg = {**model.pretrained_cfg, **(data_config or {})}
-        (folder / 'README.md').write_text(
-            render_model_card(model, model_name, model_kwargs, repo_name, results, checkpoint.train_args, dataset))
-        if repo_id is not None:
+    if repo_id is not None:
+        with tempfile.TemporaryDirectory(prefix='timm-mod-publish-') as staging:
+            _write_hub_folder(Path(staging) / 'hub', model, model_name, model_kwargs, repo_name, results, checkpoint,
+                              label_names, data_config, dataset)
             from huggingface_hub import HfApi
             api = HfApi(token=token)
             api.create_repo(repo_id, exist_ok=True)
-            api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=f'Add {model_name} weights')
-            return f'https://huggingface.co/{repo_id}'
-        if out_dir.exists():
-            shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
-        folder.replace(out_dir)
+            api.upload_folder(repo_id=repo_id, folder_path=str(Path(staging) / 'hub'),
+                              commit_message=f'Add {model_name} weights')
+        return f'https://huggingface.co/{repo_id}'
+    with staged_output(out_dir) as staging:
+        _write_hub_folder(staging, model, model_name, model_kwargs, repo_name, results, checkpoint, label_names,
+                          data_config, dataset)
     return str(out_dir)
+
+
+def _write_hub_folder(folder: Path, model: nn.Module, model_name: str, model_kwargs: Dict[str, Any], repo_name: str,
+                      results: Dict[str, Any], checkpoint: Checkpoint, label_names: Optional[List[str]],
+                      data_config: Optional[Dict[str, Any]], dataset: Optional[str]) -> None:
+    """ config.json and model.safetensors from timm's `save_for_hf`, and the model card."""
+    save_for_hf(
+        model, str(folder), model_config=dict(label_names=label_names) if label_names else None,
+        safe_serialization=True, data_config=data_config)
+    config = json.loads((folder / 'config.json').read_text())
+    config['model_args'] = reconstruction_args(model, model_kwargs)
+    (folder / 'config.json').write_text(json.dumps(config, indent=2))
+    model.pretrained_cfg = {**model.pretrained_cfg, **(data_config or {})}
+    (folder / 'README.md').write_text(render_model_card(
+        model, model_name, config['model_args'], repo_name, results, checkpoint.train_args, dataset))
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():  # readable like any file the user writes (safetensors writes 0600)
+        path.chmod(0o666 & ~umask)

@@ -20,9 +20,13 @@ import torch.nn as nn
 from timm.data import create_dataset, create_transform, resolve_data_config
 
 from ._builder import create_mod_model
+from ._output import staged_output
 from .mod import MoDBlock, top_k_channels
 
-__all__ = ['SelectionCounts', 'BlockSummary', 'load_model', 'count_selections', 'summarize', 'write_selection']
+__all__ = [
+    'SelectionCounts', 'BlockSummary', 'load_model', 'count_selections', 'summarize', 'check_output_folder',
+    'write_selection',
+]
 
 
 @dataclass
@@ -84,6 +88,10 @@ def count_selections(
 ) -> SelectionCounts:
     """ Count the top-k channels of every MoD block over an ImageFolder split, per class."""
     from .quickstart import check_image_folder
+    if max_per_class is not None and max_per_class < 1:
+        raise ValueError(f'--max-per-class must be at least 1, got {max_per_class}; leave it out to count all.')
+    if batch_size < 1:
+        raise ValueError(f'--batch-size must be at least 1, got {batch_size}.')
     blocks = _selector_blocks(model)
     check_image_folder(data_dir, split)
     dataset = create_dataset('', root=str(data_dir), split=split)
@@ -149,15 +157,23 @@ def summarize(selection: SelectionCounts, top: Optional[int] = None) -> List[Blo
     return summaries
 
 
+def check_output_folder(output: Path) -> Path:
+    """ The output folder, or a clear error before any counting when the path is a file."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f'--output {output} is a file; give a folder for selection.csv, .json and the figures.')
+    return output
+
+
 def write_selection(
         selection: SelectionCounts,
         output: Path,
         plot_classes: Optional[Sequence[str]] = None,
 ) -> List[Path]:
-    """ selection.csv (block, class, channel, count, percent), selection.json, and one PNG per block."""
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    with open(output / 'selection.csv', 'w', newline='') as f:
+    """ selection.csv (block, class, channel, count, percent), selection.json, and one PNG per block, each
+    written whole (`staged_output`)."""
+    output = check_output_folder(output)
+    with staged_output(output / 'selection.csv') as staging, open(staging, 'w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['block', 'class', 'channel', 'count', 'percent'])
         for name, counts in selection.counts.items():
@@ -174,7 +190,8 @@ def write_selection(
                    for name, counts in selection.counts.items()},
         'summary': [s.__dict__ for s in summarize(selection)],
     }
-    (output / 'selection.json').write_text(json.dumps(report, indent=1))
+    with staged_output(output / 'selection.json') as staging:
+        staging.write_text(json.dumps(report, indent=1))
     paths = [output / 'selection.csv', output / 'selection.json']
     return paths + _plot(selection, output, plot_classes)
 
@@ -191,7 +208,9 @@ def _plot(selection: SelectionCounts, output: Path, plot_classes: Optional[Seque
     classes = list(plot_classes or seen[:5])
     paths = []
     for name in selection.counts:
-        fig, axes = plt.subplots(len(classes) + 1, 1, figsize=(10, 1.6 * (len(classes) + 1)), sharex=True)
+        fig, axes = plt.subplots(len(classes) + 1, 1, figsize=(10, 1.6 * (len(classes) + 1)), sharex=True,
+                                 squeeze=False)
+        axes = axes[:, 0]
         channels = range(selection.counts[name].shape[1])
         panels = [('all counted classes', None)] + [(f'class {c}', selection.class_names.index(c)) for c in classes]
         for ax, (title, class_index) in zip(axes, panels):
@@ -203,7 +222,8 @@ def _plot(selection: SelectionCounts, output: Path, plot_classes: Optional[Seque
         fig.suptitle(f'{name}: share of the top-{selection.k[name]} selections per channel', fontsize=10)
         fig.tight_layout()
         path = output / f"selection_{name.replace('.', '_')}.png"
-        fig.savefig(path, dpi=100)
+        with staged_output(path) as staging:
+            fig.savefig(staging, dpi=100, format='png')
         plt.close(fig)
         paths.append(path)
     return paths
