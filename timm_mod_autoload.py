@@ -1,8 +1,8 @@
 """ Registers the timm-mod zoo whenever timm is imported, so unmodified scripts accept `--model *_mod`.
 
 `timm_mod_autoload.pth` (installed next to this module) imports it at interpreter start-up. It uses the
-standard library only and adds a one-shot import hook: nothing is imported until a program imports timm;
-right after timm finishes loading, the hook imports `timm_mod`, whose import registers the models.
+standard library only and adds an import hook: nothing is imported until a program imports timm; right
+after timm finishes loading, the hook imports `timm_mod`, whose import registers the models, and removes itself.
 Set TIMM_MOD_AUTOREGISTER=0 to turn it off.
 """
 import importlib
@@ -31,6 +31,7 @@ class _RegisterAfterLoading(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
+        _remove_hooks()  # timm is loaded once per process
         try:
             importlib.import_module('timm_mod')
         except Exception as error:  # a broken plugin must not break `import timm`
@@ -38,16 +39,23 @@ class _RegisterAfterLoading(importlib.abc.Loader):
 
 
 class TimmImportHook(importlib.abc.MetaPathFinder):
-    """ Finds timm as usual, wrapping its loader so that timm_mod is imported right after it."""
+    """ Finds timm as usual, wrapping its loader so that timm_mod is imported right after it.
+
+    It stays in place until timm is actually loaded: programs probe with `importlib.util.find_spec('timm')`
+    (transformers' `is_timm_available`, accelerate, lightning) long before they import it.
+    """
 
     def find_spec(self, fullname: str, path: Optional[Sequence[str]], target: Optional[ModuleType] = None):
         if fullname != 'timm':
             return None
-        sys.meta_path.remove(self)  # one shot: timm is imported once per process
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is not None and spec.loader is not None:
             spec.loader = _RegisterAfterLoading(spec.loader)
         return spec
+
+
+def _remove_hooks() -> None:
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, TimmImportHook)]
 
 
 def install() -> None:

@@ -8,8 +8,10 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 
 PROBE = '''
+import importlib.util
 import sys
 print('torch' in sys.modules, 'timm' in sys.modules, 'timm_mod' in sys.modules)
+assert importlib.util.find_spec('timm') is not None  # probed first, as transformers' is_timm_available does
 import timm
 print(timm.is_model('resnet75_mod'), 'timm_mod' in sys.modules)
 if timm.is_model('resnet75_mod'):

@@ -3,7 +3,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import timm
+import torch
 
 from timm_mod.zoo import ZOO_COLUMNS, describe_zoo, format_table, zoo_table_rows
 
@@ -29,3 +31,31 @@ def test_list_filter_and_bad_subcommand() -> None:
 def test_readme_model_table_is_what_the_code_measures() -> None:
     table = format_table(ZOO_COLUMNS, zoo_table_rows(describe_zoo()), markdown=True)
     assert table in README.read_text(), 'README.md model table is stale: paste `timm-mod list --markdown`'
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (['quickstart', '--epochs', '0'], '--epochs must be at least 1, got 0'),
+    (['quickstart', '--epochs', '-1'], '--epochs must be at least 1, got -1'),
+    (['dense-quickstart', '--task', 'detection', '--epochs', '0'], '--epochs must be at least 1, got 0'),
+    (['benchmark', '--batch-size', '0'], '--batch-size must be positive integers, got [0]'),
+    (['benchmark', '--threads', '-1'], '--threads must be 0 (all cores) or a positive count, got [-1]'),
+    (['benchmark', '--rounds', '0'], '--rounds must be at least 1'),
+    (['benchmark', '--device', 'cuda'], '--device cuda: no cuda device on this machine'),
+    (['convert', '--model', 'resnet18_mod', '--checkpoint', 'missing.pth', '--output', '{tmp}', '--overwrite'],
+     'is a folder; name the file to write'),
+    (['selection', '--model', 'resnet18_mod', '--max-per-class', '0', '--output', '{tmp}/s'],
+     '--max-per-class must be at least 1, got 0'),
+    (['selection', '--model', 'resnet18_mod', '--output', '{tmp}/file.txt'], 'is a file; give a folder'),
+    (['list', '--filter', 'resnet18'], "no model matches 'resnet18'"),
+])
+def test_bad_arguments_are_one_line_errors_before_any_work(tmp_path: Path, arguments, message: str) -> None:
+    if torch.cuda.is_available() and '--device' in arguments:
+        pytest.skip('this machine has a GPU')
+    (tmp_path / 'file.txt').write_text('mine')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    command = [str(CONSOLE_SCRIPT), *(a.format(tmp=tmp_path) for a in arguments)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr and 'Traceback' not in result.stderr, result.stderr[-1500:]
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, 'nothing may be written'

@@ -11,4 +11,4 @@ __all__ = [
     'ChannelSelector', 'MoDBlock', 'MoDConvNeXt', 'MoDEfficientNet', 'MoDRegNet', 'MoDResNet', 'ModFamily',
     'default_c', 'fuse_channels', 'gather_channels', 'mod_every_second_block', 'mod_width', 'to_mod',
 ]
-__version__ = '0.1.0'
+__version__ = '0.2.0'

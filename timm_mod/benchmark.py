@@ -22,16 +22,17 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import timm
 import torch
 import torch.nn as nn
-from torch.utils.benchmark import Timer
 
 from ._builder import create_mod_model
 from .mod import MoDBlock
 from .zoo import PAPER_MODELS, baseline_of, format_table, measure
 
-__all__ = ['MODES', 'BenchSetting', 'settings_grid', 'BenchRow', 'device_name', 'identity_bound', 'make_step',
-           'time_side_by_side', 'run_benchmark', 'BENCH_COLUMNS', 'bench_table_rows', 'write_results', 'MoDTimeShare',
-           'check_time_share_setting', 'mod_time_share', 'time_shares', 'format_time_share', 'OperatorGap',
-           'profile_gap', 'format_profile_gap']
+__all__ = [
+    'MODES', 'BenchSetting', 'settings_grid', 'check_device', 'BenchRow', 'device_name', 'identity_bound', 'make_step',
+    'time_side_by_side', 'run_benchmark', 'BENCH_COLUMNS', 'bench_table_rows', 'write_results', 'MoDTimeShare',
+    'check_time_share_setting', 'mod_time_share', 'time_shares', 'format_time_share', 'OperatorGap', 'profile_gap',
+    'format_profile_gap',
+]
 
 # eager; torch.compile (default mode); torch.compile(mode='reduce-overhead'), which replays CUDA graphs on a GPU;
 # torch.compile with Inductor's freezing (weights folded into the graph: its inference mode for deployment)
@@ -76,12 +77,28 @@ def settings_grid(
 
     CPU threads do not change a GPU run, so on a GPU each combination is timed once (with the most threads).
     """
+    if not batch_sizes or any(size < 1 for size in batch_sizes):
+        raise ValueError(f'--batch-size must be positive integers, got {list(batch_sizes)}.')
+    if not threads or any(count < 0 for count in threads):
+        raise ValueError(f'--threads must be 0 (all cores) or a positive count, got {list(threads)}.')
     threads = [count if count > 0 else (os.cpu_count() or 1) for count in threads]
     if torch.device(device).type != 'cpu':
         threads = [max(threads)]
     return [BenchSetting(batch_size=batch_size, threads=count, task=task, mode=mode, channels_last=channels_last,
                          bf16=bf16, device=device)
             for task, mode, batch_size, count in itertools.product(tasks, modes, batch_sizes, threads)]
+
+
+def check_device(device: str) -> None:
+    """ A clear error for a device this machine does not have, before anything is built."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ValueError(f'--device {device!r} is not a torch device ({error}); use cpu or cuda.') from error
+    available = {'cpu': True, 'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available()}
+    if not available.get(kind, False):
+        raise ValueError(f'--device {device}: no {kind} device on this machine (torch {torch.__version__}); '
+                         f'use --device cpu.')
 
 
 @dataclass(frozen=True)
@@ -165,6 +182,8 @@ def time_side_by_side(
         min_run_time: float = 0.2,
 ) -> Dict[str, float]:
     """ Median seconds per call of each step, timed round-robin so that all see the same conditions."""
+    # imported here: torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on every command
+    from torch.utils.benchmark import Timer
     for step in steps.values():  # warm-up, compilation included
         for _ in range(3):
             step()
@@ -190,6 +209,12 @@ def run_benchmark(
     A registered MoD model is compared with its `baseline_of`; a plain timm model name is converted with
     `to_mod` (its family's default c) and compared with itself.
     """
+    if rounds < 1:
+        raise ValueError(f'--rounds must be at least 1 (the median of the rounds is reported), got {rounds}.')
+    if min_run_time <= 0:
+        raise ValueError(f'--min-run-time must be positive seconds, got {min_run_time}.')
+    for device in {setting.device for setting in settings}:
+        check_device(device)
     rows = []
     total = len(model_names) * len(settings)
     for model_name in model_names:

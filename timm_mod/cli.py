@@ -59,10 +59,11 @@ def _publish(args: argparse.Namespace) -> None:
 
 def _convert(args: argparse.Namespace) -> None:
     from .checkpoint import convert_dense_weights, plain_counterpart
+    from .quickstart import finetune_args_file
     path = convert_dense_weights(
         args.model, args.output, checkpoint_path=args.checkpoint, pretrained=args.pretrained, overwrite=args.overwrite)
     print(f'{plain_counterpart(args.model)} weights in {args.model}: {path}\n'
-          f'fine-tune: python train.py -c train_args/finetune_from_dense.yaml --model {args.model} '
+          f'fine-tune: python train.py -c {finetune_args_file()} --model {args.model} '
           f'--initial-checkpoint {path} --data-dir DATA')
 
 
@@ -70,9 +71,10 @@ def _benchmark(args: argparse.Namespace) -> None:
     import itertools
     import torch
     from .benchmark import (
-        BENCH_COLUMNS, bench_table_rows, format_profile_gap, format_time_share, profile_gap, run_benchmark,
-        settings_grid, time_shares, write_results)
+        BENCH_COLUMNS, bench_table_rows, check_device, format_profile_gap, format_time_share, profile_gap,
+        run_benchmark, settings_grid, time_shares, write_results)
     from .zoo import format_table
+    check_device(args.device)
     settings = settings_grid(args.batch_size, args.threads, args.task, args.mode, channels_last=args.channels_last,
                              bf16=args.bf16, device=args.device)
     # the breakdown first: a setting it cannot time is refused before the long side-by-side timing
@@ -211,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _selection(args: argparse.Namespace) -> None:
     from timm.data import resolve_data_config
     from .quickstart import DEFAULT_DATA_DIR, write_digits
-    from .selection import count_selections, load_model, summarize, write_selection
+    from .selection import check_output_folder, count_selections, load_model, summarize, write_selection
     from .zoo import format_table
+    check_output_folder(args.output)
     model, train_args = load_model(args.model, args.checkpoint, args.num_classes)
     data_dir = args.data_dir or write_digits(DEFAULT_DATA_DIR)
     overrides = {key: value for key, value in (('input_size', args.input_size), ('crop_pct', args.crop_pct),
@@ -237,6 +240,8 @@ def _cuda_available() -> bool:
 def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     import timm_mod  # noqa: F401  registers the zoo before any subcommand looks it up
+    from ._output import exit_cleanly_on_sigterm
+    exit_cleanly_on_sigterm()  # a killed command cleans up its staged output as on Ctrl-C
     try:
         args.run(args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError, PermissionError, ConnectionError) as error:

@@ -283,7 +283,8 @@ def train_dense(
     """
     if task not in TASKS:
         raise ValueError(f'Unknown task {task!r}; choose one of {TASKS}.')
-    epochs, lr = epochs or RECIPES[task]['epochs'], lr or RECIPES[task]['lr']
+    epochs = RECIPES[task]['epochs'] if epochs is None else epochs
+    lr = lr or RECIPES[task]['lr']
     torch.manual_seed(seed)
     train_set, validation_set = (DigitScenes(data_dir, split, task) for split in DENSE_SPLITS)
     if max_validation is not None:
@@ -333,6 +334,8 @@ def run_dense_quickstart(
     (batch 1 inference, side by side)."""
     if task not in TASKS:
         raise ValueError(f'Unknown task {task!r}; choose one of {TASKS}.')
+    if epochs is not None and epochs < 1:
+        raise ValueError(f'--epochs must be at least 1, got {epochs}; leave it out for the task\'s epochs.')
     data_dir = Path(data_dir).expanduser()
     if not (data_dir.exists() and any(data_dir.iterdir())):  # an existing folder is used as it is, checked on load
         write_dense_data(data_dir)

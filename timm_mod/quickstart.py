@@ -42,6 +42,11 @@ def quickstart_args_file() -> Path:
     return Path(str(files('timm_mod') / 'train_args' / 'quickstart.yaml'))
 
 
+def finetune_args_file() -> Path:
+    """ train_args/finetune_from_dense.yaml as installed, an absolute path that train.py finds from any folder."""
+    return Path(str(files('timm_mod') / 'train_args' / 'finetune_from_dense.yaml'))
+
+
 def load_train_args(path: Path) -> Dict[str, Any]:
     """ A train.py arg file, read the way train.py reads `-c FILE` (a flat YAML mapping of option names)."""
     with open(path) as f:
@@ -141,7 +146,8 @@ def train_and_evaluate(
     """
     # an argparse.Namespace like train.py's: CheckpointSaver stores it, and timm's loaders allow-list it
     cfg = argparse.Namespace(**dict(
-        train_args, model=model_name, epochs=epochs or train_args['epochs'], data_dir=str(data_dir)))
+        train_args, model=model_name, epochs=train_args['epochs'] if epochs is None else epochs,
+        data_dir=str(data_dir)))
     for split in (cfg.train_split, cfg.val_split):
         check_image_folder(data_dir, split)
     torch.manual_seed(cfg.seed)
@@ -203,6 +209,8 @@ def run_quickstart(
         progress: bool = True,
 ) -> List[RunResult]:
     """ Write the digits once, then train the MoD model and its plain timm counterpart with one recipe."""
+    if epochs is not None and epochs < 1:
+        raise ValueError(f'--epochs must be at least 1, got {epochs}; leave it out for the arg file\'s epochs.')
     train_args = load_train_args(train_args_file or quickstart_args_file())
     model_name = model_name or train_args['model']
     for name in (model_name, baseline_name or model_name):

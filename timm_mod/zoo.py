@@ -166,6 +166,9 @@ def describe_zoo(pattern: str = '*_mod*') -> List[ZooRow]:
         rows.append(ZooRow(
             name, PAPER_MODELS.get(name), baseline, depths, mod_blocks[0].c, params, macs,
             params / baselines[baseline][0], macs / baselines[baseline][1]))
+    if not rows:
+        raise ValueError(f'no model matches {pattern!r} in the MoD zoo; the filter is a timm.list_models pattern, '
+                         f'so add wildcards, e.g. {"*" + pattern.strip("*") + "*_mod*"!r}.')
     return rows
 
 
