@@ -13,30 +13,35 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import timm
 import torch
 import torch.nn as nn
 
 from ._builder import create_mod_model
+from .deploy import RUNTIMES, export_onnx, require_runtime, runtime_session
 from .mod import MoDBlock
 from .zoo import PAPER_MODELS, baseline_of, format_table, measure
 
 __all__ = [
     'MODES', 'BenchSetting', 'settings_grid', 'check_device', 'BenchRow', 'device_name', 'identity_bound', 'make_step',
-    'time_side_by_side', 'run_benchmark', 'BENCH_COLUMNS', 'bench_table_rows', 'write_results', 'MoDTimeShare',
+    'benchmark_input', 'runtime_parity', 'time_side_by_side', 'run_benchmark', 'BENCH_COLUMNS', 'bench_columns',
+    'bench_table_rows', 'write_results', 'MoDTimeShare',
     'check_time_share_setting', 'mod_time_share', 'time_shares', 'format_time_share', 'OperatorGap', 'profile_gap',
     'format_profile_gap',
 ]
 
 # eager; torch.compile (default mode); torch.compile(mode='reduce-overhead'), which replays CUDA graphs on a GPU;
-# torch.compile with Inductor's freezing (weights folded into the graph: its inference mode for deployment)
-MODES = ('eager', 'compile', 'cudagraphs', 'freezing')
+# torch.compile with Inductor's freezing (weights folded into the graph: its inference mode for deployment);
+# the ONNX export (torch.onnx.export(dynamo=True)) run in onnxruntime or OpenVINO on the CPU
+MODES = ('eager', 'compile', 'cudagraphs', 'freezing') + RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,11 @@ class BenchSetting:
         if self.mode == 'freezing' and self.task == 'train':
             raise ValueError("Inductor's freezing folds the weights into the graph, so it times inference only; "
                              "drop --task train or use --mode compile.")
+        if self.mode in RUNTIMES and (self.task != 'inference' or self.device != 'cpu' or self.channels_last):
+            raise ValueError(f'--mode {self.mode} times CPU inference of an ONNX export, which chooses its own memory '
+                             f'layout; use --task inference --device cpu without --channels-last.')
+        if self.mode == 'onnxruntime' and self.bf16:
+            raise ValueError('onnxruntime has no bf16 CPU execution; drop --bf16 or use --mode openvino.')
 
     @property
     def label(self) -> str:
@@ -117,6 +127,7 @@ class BenchRow:
     images_per_s: float
     paper_speedup: str  # the paper's CPU speed-up for CPU settings, its GPU speed-up for CUDA ones
     device_name: str
+    max_abs_diff: Optional[float] = None  # runtimes: largest |logit| difference of the MoD export from PyTorch
 
     @property
     def fraction_of_bound(self) -> float:
@@ -146,8 +157,21 @@ def identity_bound(model: nn.Module) -> nn.Module:
     return bound
 
 
-def make_step(model: nn.Module, setting: BenchSetting, num_classes: int = 1000) -> Callable[[], None]:
-    """ One inference batch, or one training step (forward, backward, SGD step), as a closure to time."""
+def benchmark_input(setting: BenchSetting) -> torch.Tensor:
+    """ The batch every model of a setting sees (seeded, so runtimes and PyTorch can be compared on it)."""
+    return torch.randn(setting.batch_size, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+
+
+def make_step(model: nn.Module, setting: BenchSetting, num_classes: int = 1000,
+              onnx_path: Optional[Path] = None) -> Callable[[], None]:
+    """ One inference batch, or one training step (forward, backward, SGD step), as a closure to time.
+
+    A runtime mode runs the model's ONNX export at `onnx_path` (exported there first if it is not there yet).
+    """
+    if setting.mode in RUNTIMES:
+        run = _runtime_forward(model, setting, onnx_path)
+        x = benchmark_input(setting).numpy()
+        return lambda: run(x)
     device = torch.device(setting.device)
     memory_format = torch.channels_last if setting.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format).train(setting.task == 'train')
@@ -173,6 +197,23 @@ def make_step(model: nn.Module, setting: BenchSetting, num_classes: int = 1000) 
         loss.backward()
         optimizer.step()
     return step
+
+
+def _runtime_forward(model: nn.Module, setting: BenchSetting, onnx_path: Optional[Path]
+                     ) -> Callable[[np.ndarray], np.ndarray]:
+    if onnx_path is None:
+        raise ValueError(f'--mode {setting.mode} runs an ONNX export: give make_step an onnx_path to export to.')
+    if not Path(onnx_path).exists():
+        export_onnx(model, onnx_path, tuple(benchmark_input(setting).shape))
+    return runtime_session(onnx_path, setting.mode, setting.threads, bf16=setting.bf16)
+
+
+def runtime_parity(model: nn.Module, setting: BenchSetting, onnx_path: Path) -> float:
+    """ Largest |logit| difference between the runtime's export and eager PyTorch on the benchmark batch."""
+    x = benchmark_input(setting)
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    return float(np.abs(np.array(_runtime_forward(model, setting, onnx_path)(x.numpy())) - expected).max())
 
 
 def time_side_by_side(
@@ -215,33 +256,50 @@ def run_benchmark(
         raise ValueError(f'--min-run-time must be positive seconds, got {min_run_time}.')
     for device in {setting.device for setting in settings}:
         check_device(device)
-    rows = []
-    total = len(model_names) * len(settings)
-    for model_name in model_names:
-        paper = PAPER_MODELS.get(model_name)
-        baseline_name = baseline_of(model_name)
-        params, macs = measure(create_mod_model(model_name, device='meta'))
-        for setting in settings:
-            torch.manual_seed(0)
-            mod = create_mod_model(model_name)
-            models = {'mod': mod, 'baseline': timm.create_model(baseline_name), 'identity': identity_bound(mod)}
-            steps = {name: make_step(model, setting) for name, model in models.items()}
-            times = time_side_by_side(steps, setting.threads, rounds=rounds, min_run_time=min_run_time)
-            rows.append(BenchRow(
-                model=model_name, baseline=baseline_name, setting=setting.label, params_m=params / 1e6,
-                gmacs=macs / 1e9, mod_ms=times['mod'] * 1e3, baseline_ms=times['baseline'] * 1e3,
-                identity_ms=times['identity'] * 1e3, speedup=times['baseline'] / times['mod'],
-                identity_bound=times['baseline'] / times['identity'],
-                images_per_s=setting.batch_size / times['mod'],
-                paper_speedup=('-' if paper is None else
-                               paper.gpu_speedup if torch.device(setting.device).type == 'cuda' else paper.cpu_speedup),
-                device_name=device_name(setting.device),
-            ))
+    for runtime in {setting.mode for setting in settings} & set(RUNTIMES):
+        require_runtime(runtime)
+    rows: List[BenchRow] = []
+    runs = list(itertools.product(model_names, settings))
+    with tempfile.TemporaryDirectory(prefix='timm-mod-bench-') as exports:
+        for index, (model_name, setting) in enumerate(runs, 1):
+            # one export per model and batch size, shared by the thread counts and the runtimes
+            rows.append(_bench_row(model_name, setting, Path(exports) / model_name, rounds, min_run_time))
             if progress:
                 row = rows[-1]
-                print(f'[{len(rows)}/{total}] {model_name} {setting.label}: {row.speedup:.2f}x '
+                print(f'[{index}/{len(runs)}] {model_name} {setting.label}: {row.speedup:.2f}x '
                       f'(identity bound {row.identity_bound:.2f}x)', file=sys.stderr, flush=True)
     return rows
+
+
+def _bench_row(model_name: str, setting: BenchSetting, export_dir: Path, rounds: int, min_run_time: float
+               ) -> BenchRow:
+    paper = PAPER_MODELS.get(model_name)
+    baseline_name = baseline_of(model_name)
+    params, macs = measure(create_mod_model(model_name, device='meta'))
+    torch.manual_seed(0)
+    mod = create_mod_model(model_name)
+    models = {'mod': mod, 'baseline': timm.create_model(baseline_name), 'identity': identity_bound(mod)}
+    export_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: export_dir / f'{name}_b{setting.batch_size}.onnx' for name in models}
+    steps = {name: make_step(model, setting, onnx_path=paths[name]) for name, model in models.items()}
+    parity = {name: runtime_parity(model, setting, paths[name]) for name, model in models.items()} \
+        if setting.mode in RUNTIMES else {}
+    for name in ('baseline', 'identity'):
+        if parity.get(name, 0.0) > 1e-3:
+            raise RuntimeError(f'The {setting.mode} export of the {name} model of {model_name} differs from '
+                               f'PyTorch by {parity[name]:.3g}: a runtime or exporter fault, not MoD.')
+    times = time_side_by_side(steps, setting.threads, rounds=rounds, min_run_time=min_run_time)
+    return BenchRow(
+        model=model_name, baseline=baseline_name, setting=setting.label, params_m=params / 1e6,
+        gmacs=macs / 1e9, mod_ms=times['mod'] * 1e3, baseline_ms=times['baseline'] * 1e3,
+        identity_ms=times['identity'] * 1e3, speedup=times['baseline'] / times['mod'],
+        identity_bound=times['baseline'] / times['identity'],
+        images_per_s=setting.batch_size / times['mod'],
+        paper_speedup=('-' if paper is None else
+                       paper.gpu_speedup if torch.device(setting.device).type == 'cuda' else paper.cpu_speedup),
+        device_name=device_name(setting.device),
+        max_abs_diff=parity.get('mod'),
+    )
 
 
 @dataclass(frozen=True)
@@ -393,10 +451,20 @@ BENCH_COLUMNS = ('model', 'setting', 'params (M)', 'GMACs', 'ms', 'baseline', 'b
                  'identity bound', '% of bound', 'img/s', 'paper speed-up')
 
 
+PARITY_COLUMN = 'max abs diff vs PyTorch'
+
+
+def bench_columns(rows: Sequence[BenchRow]) -> Tuple[str, ...]:
+    """ The table's columns: runtime rows add how far the MoD export's logits are from PyTorch's."""
+    return BENCH_COLUMNS + ((PARITY_COLUMN,) if any(r.max_abs_diff is not None for r in rows) else ())
+
+
 def bench_table_rows(rows: Sequence[BenchRow]) -> List[tuple]:
+    parity = any(r.max_abs_diff is not None for r in rows)
     return [(r.model, r.setting, f'{r.params_m:.2f}', f'{r.gmacs:.2f}', f'{r.mod_ms:.2f}', r.baseline,
              f'{r.baseline_ms:.2f}', f'{r.speedup:.2f}x', f'{r.identity_bound:.2f}x',
-             f'{100 * r.fraction_of_bound:.1f}', f'{r.images_per_s:.1f}', r.paper_speedup) for r in rows]
+             f'{100 * r.fraction_of_bound:.1f}', f'{r.images_per_s:.1f}', r.paper_speedup)
+            + ((f'{r.max_abs_diff:.1e}' if r.max_abs_diff is not None else '-',) if parity else ()) for r in rows]
 
 
 def write_results(rows: Sequence[BenchRow], output: Path) -> List[Path]:

@@ -71,7 +71,7 @@ def _benchmark(args: argparse.Namespace) -> None:
     import itertools
     import torch
     from .benchmark import (
-        BENCH_COLUMNS, bench_table_rows, check_device, format_profile_gap, format_time_share, profile_gap,
+        bench_columns, bench_table_rows, check_device, format_profile_gap, format_time_share, profile_gap,
         run_benchmark, settings_grid, time_shares, write_results)
     from .zoo import format_table
     check_device(args.device)
@@ -81,7 +81,7 @@ def _benchmark(args: argparse.Namespace) -> None:
     shares = time_shares(args.models, settings) if args.breakdown else []
     rows = run_benchmark(args.models, settings, rounds=args.rounds, min_run_time=args.min_run_time)
     print(f'device: {rows[0].device_name}; torch {torch.__version__}')
-    print(format_table(BENCH_COLUMNS, bench_table_rows(rows), markdown=args.markdown))
+    print(format_table(bench_columns(rows), bench_table_rows(rows), markdown=args.markdown))
     if args.output:
         for path in write_results(rows, args.output):
             print(path, file=sys.stderr)
@@ -95,6 +95,7 @@ def _benchmark(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .benchmark import MODES
     from .dense_quickstart import DEFAULT_DENSE_DIR
     from .quickstart import DEFAULT_DATA_DIR
     parser = argparse.ArgumentParser(prog='timm-mod', description='CNN Mixture-of-Depths models for timm.')
@@ -168,9 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--batch-size', type=int, nargs='+', default=[1, 16])
     bench.add_argument('--threads', type=int, nargs='+', default=[1, 0], help='CPU threads; 0 = all cores')
     bench.add_argument('--task', nargs='+', choices=['inference', 'train'], default=['inference'])
-    bench.add_argument('--mode', nargs='+', choices=['eager', 'compile', 'cudagraphs', 'freezing'], default=['eager'],
+    bench.add_argument('--mode', '--runtime', nargs='+', choices=MODES, default=['eager'],
                        help="cudagraphs: torch.compile(mode='reduce-overhead'), CUDA graphs on a GPU; freezing: "
-                            "torch.compile with Inductor's freezing (inference)")
+                            "torch.compile with Inductor's freezing (inference); onnxruntime, openvino: the ONNX "
+                            "export in that runtime (pip install 'timm-mod[deploy]'), its parity with PyTorch checked")
     bench.add_argument('--channels-last', action='store_true')
     bench.add_argument('--bf16', action='store_true', help='bfloat16 autocast')
     bench.add_argument('--device', default='cuda' if _cuda_available() else 'cpu')

@@ -145,7 +145,7 @@ def gather_channels(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """
     batch, channels, k = x.shape[0], x.shape[1], indices.shape[1]
     if x.is_contiguous():
-        if batch == 1 and not _is_exporting():  # an exported graph must not bake in the batch size
+        if not _is_exporting() and batch == 1:  # an exported graph must not bake in the batch size
             return x.index_select(1, indices.view(-1))
         planes = indices + torch.arange(batch, device=x.device)[:, None] * channels
         return x.flatten(0, 1).index_select(0, planes.flatten()).view(batch, k, x.shape[2], x.shape[3])

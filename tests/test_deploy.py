@@ -1,0 +1,47 @@
+""" Exports for the CPU runtimes: the graph of a MoD block, and the runtime benchmark with its parity check."""
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import pytest
+import timm
+
+from timm_mod import MoDBlock
+from timm_mod.benchmark import BenchSetting, bench_columns, bench_table_rows, run_benchmark
+from timm_mod.deploy import export_onnx
+
+
+@pytest.mark.parametrize('name, kwargs', [
+    ('resnet50_mod', {}), ('mobilenetv2_mod', {}), ('resnet18_mod', {'fusion': 'last'})])
+def test_exported_mod_blocks_are_what_one_would_write_by_hand(tmp_path: Path, name: str, kwargs) -> None:
+    """ Per MoD block one TopK on the scores and one Gather of channel planes; the fusion as slices and a Concat:
+    no transposes, no ScatterND, no tie-key arithmetic beyond the plain model's own ops."""
+    model = timm.create_model(name, **kwargs).eval()
+    mod_blocks = sum(isinstance(m, MoDBlock) for m in model.modules())
+    graph = onnx.load(str(export_onnx(model, tmp_path / 'm.onnx', (2, 3, 64, 64)))).graph
+    ops = Counter(node.op_type for node in graph.node)
+    assert ops['TopK'] == mod_blocks
+    assert ops['Transpose'] == 0 and ops['ScatterND'] == 0 and ops['ScatterElements'] == 0
+    assert ops['GatherElements'] == 0, 'the scores come out of TopK; nothing gathers element-wise'
+    assert ops['Concat'] >= mod_blocks and ops['Gather'] >= mod_blocks
+
+
+def test_runtime_benchmark_exports_checks_parity_and_times(tmp_path: Path) -> None:
+    settings = [BenchSetting(batch_size=1, threads=1, mode=mode) for mode in ('onnxruntime', 'openvino')]
+    rows = run_benchmark(['resnet18_mod'], settings, rounds=1, min_run_time=0.01, progress=False)
+    assert [r.setting for r in rows] == ['b1 1thr inference onnxruntime', 'b1 1thr inference openvino']
+    for row in rows:
+        assert row.mod_ms > 0 and row.baseline_ms > 0 and row.identity_ms > 0
+        assert row.max_abs_diff is not None and row.max_abs_diff < 1e-3
+    assert bench_columns(rows)[-1] == 'max abs diff vs PyTorch'
+    assert len(bench_table_rows(rows)[0]) == len(bench_columns(rows))
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(mode='onnxruntime', task='train'), 'times CPU inference of an ONNX export'),
+    (dict(mode='openvino', channels_last=True), 'without --channels-last'),
+    (dict(mode='onnxruntime', bf16=True), 'onnxruntime has no bf16 CPU execution'),
+])
+def test_runtime_settings_that_cannot_be_timed_are_refused(kwargs, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BenchSetting(**kwargs)
