@@ -9,6 +9,7 @@ import copy
 import csv
 import itertools
 import json
+import logging
 import os
 import platform
 import statistics
@@ -223,7 +224,9 @@ def time_side_by_side(
         min_run_time: float = 0.2,
 ) -> Dict[str, float]:
     """ Median seconds per call of each step, timed round-robin so that all see the same conditions."""
-    # imported here: torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on every command
+    # imported here, its CUDA_HOME warning silenced: torch.utils.benchmark imports cpp_extension, which warns on
+    # every machine without a CUDA toolkit about compiling extensions, which timing never does
+    logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)
     from torch.utils.benchmark import Timer
     for step in steps.values():  # warm-up, compilation included
         for _ in range(3):

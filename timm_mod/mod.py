@@ -205,12 +205,7 @@ class _FuseChannels(torch.autograd.Function):
 
 
 def _fuse_by_concat(x: torch.Tensor, update: torch.Tensor, scores: Optional[torch.Tensor], start: int) -> torch.Tensor:
-    """ The fusion as slices and one concat: what TorchScript can script, and what an exported graph should hold.
-
-    An exporter lowers the in-place add on a channel slice to a ScatterND between transposes (three full-map
-    transposes per MoD block in onnxruntime and OpenVINO); a concat of slices writes the map once. The
-    TorchScript-based ONNX exporter also loses an in-place add on a view of the block's input altogether.
-    """
+    """ The fusion as slices and one concat, what TorchScript can script (it cannot call an autograd.Function)."""
     k = update.shape[1]
     target = x.narrow(1, start, k)
     fused = target + update if scores is None else torch.addcmul(target, update, scores)
@@ -221,6 +216,20 @@ def _fuse_by_concat(x: torch.Tensor, update: torch.Tensor, scores: Optional[torc
     if start + k < x.shape[1]:
         pieces.append(x.narrow(1, start + k, x.shape[1] - start - k))
     return torch.cat(pieces, dim=1)
+
+
+def _fuse_by_scatter(x: torch.Tensor, update: torch.Tensor, scores: Optional[torch.Tensor], start: int
+                     ) -> torch.Tensor:
+    """ The fusion for exported graphs: the k fused channel planes written over `x` with one ScatterND indexed by
+    (sample, channel), no transposes. onnxruntime writes it into the buffer of `x` where nothing else reads
+    it: resnet50_mod at batch 16, 1 thread, 659 ms against 705 ms with slices and a Concat (identity bound 559
+    ms); OpenVINO 690 and 688 ms, the same."""
+    k = update.shape[1]
+    target = x.narrow(1, start, k)
+    fused = target + update if scores is None else torch.addcmul(target, update, scores)
+    samples = torch.arange(x.shape[0], device=x.device)[:, None]
+    channels = torch.arange(start, start + k, device=x.device)[None, :]
+    return x.index_put((samples, channels), fused)
 
 
 def _fuse_functional(x: torch.Tensor, update: torch.Tensor, scores: Optional[torch.Tensor], start: int) -> torch.Tensor:
@@ -251,7 +260,9 @@ def fuse_channels(
 
     The other channels pass through and `x` is left as it was: it is the previous block's output, which forward
     hooks, Grad-CAM and feature extractors still hold. Each runtime gets the form it runs best, chosen here:
-    TorchScript and exporters a concat of slices (`_fuse_by_concat`), compiled inference an out-of-place
+    TorchScript a concat of slices (`_fuse_by_concat`), exporters one ScatterND of the fused planes
+    (`_fuse_by_scatter`; an in-place add on a channel slice exports as a ScatterND between three full-map
+    transposes, and the TorchScript-based ONNX exporter loses it altogether), compiled inference an out-of-place
     `index_add` that Inductor makes in place, eager PyTorch a copy of `x` and an add on its k channels
     (`_FuseChannels`, whose backward passes the gradient of `x` through without a copy). `in_place` adds into
     `x` itself in eager no-grad inference (see `set_in_place_fusion` for what it saves).
@@ -264,8 +275,10 @@ def fuse_channels(
         scores = scores.view(scores.shape[0], k, 1, 1)
         if scores.dtype != x.dtype:
             scores = scores.to(x.dtype)
-    if torch.jit.is_scripting() or _is_exporting():  # TorchScript cannot call an autograd.Function
+    if torch.jit.is_scripting():  # TorchScript cannot call an autograd.Function
         return _fuse_by_concat(x, update, scores, start)
+    if _is_exporting():
+        return _fuse_by_scatter(x, update, scores, start)
     if not torch.is_grad_enabled() and not x.requires_grad:
         if torch.compiler.is_compiling():
             return _fuse_functional(x, update, scores, start)
