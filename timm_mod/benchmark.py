@@ -170,9 +170,7 @@ def make_step(model: nn.Module, setting: BenchSetting, num_classes: int = 1000,
     A runtime mode runs the model's ONNX export at `onnx_path` (exported there first if it is not there yet).
     """
     if setting.mode in RUNTIMES:
-        run = _runtime_forward(model, setting, onnx_path)
-        x = benchmark_input(setting).numpy()
-        return lambda: run(x)
+        return _runtime_step(_runtime_forward(model, setting, onnx_path), setting)
     device = torch.device(setting.device)
     memory_format = torch.channels_last if setting.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format).train(setting.task == 'train')
@@ -209,12 +207,18 @@ def _runtime_forward(model: nn.Module, setting: BenchSetting, onnx_path: Optiona
     return runtime_session(onnx_path, setting.mode, setting.threads, bf16=setting.bf16)
 
 
-def runtime_parity(model: nn.Module, setting: BenchSetting, onnx_path: Path) -> float:
-    """ Largest |logit| difference between the runtime's export and eager PyTorch on the benchmark batch."""
+def _runtime_step(run: Callable[[np.ndarray], np.ndarray], setting: BenchSetting) -> Callable[[], None]:
+    x = benchmark_input(setting).numpy()
+    return lambda: run(x)
+
+
+def runtime_parity(model: nn.Module, run: Callable[[np.ndarray], np.ndarray], setting: BenchSetting) -> float:
+    """ Largest |logit| difference between a runtime session of the model's export and eager PyTorch on the
+    benchmark batch."""
     x = benchmark_input(setting)
     with torch.no_grad():
         expected = model.eval()(x).numpy()
-    return float(np.abs(np.array(_runtime_forward(model, setting, onnx_path)(x.numpy())) - expected).max())
+    return float(np.abs(np.array(run(x.numpy())) - expected).max())
 
 
 def time_side_by_side(
@@ -263,10 +267,12 @@ def run_benchmark(
         require_runtime(runtime)
     rows: List[BenchRow] = []
     runs = list(itertools.product(model_names, settings))
+    costs = {name: measure(create_mod_model(name, device='meta')) for name in model_names}
     with tempfile.TemporaryDirectory(prefix='timm-mod-bench-') as exports:
         for index, (model_name, setting) in enumerate(runs, 1):
             # one export per model and batch size, shared by the thread counts and the runtimes
-            rows.append(_bench_row(model_name, setting, Path(exports) / model_name, rounds, min_run_time))
+            rows.append(_bench_row(model_name, costs[model_name], setting, Path(exports) / model_name, rounds,
+                                   min_run_time))
             if progress:
                 row = rows[-1]
                 print(f'[{index}/{len(runs)}] {model_name} {setting.label}: {row.speedup:.2f}x '
@@ -274,19 +280,23 @@ def run_benchmark(
     return rows
 
 
-def _bench_row(model_name: str, setting: BenchSetting, export_dir: Path, rounds: int, min_run_time: float
-               ) -> BenchRow:
+def _bench_row(model_name: str, cost: Tuple[int, float], setting: BenchSetting, export_dir: Path, rounds: int,
+               min_run_time: float) -> BenchRow:
     paper = PAPER_MODELS.get(model_name)
     baseline_name = baseline_of(model_name)
-    params, macs = measure(create_mod_model(model_name, device='meta'))
+    params, macs = cost
     torch.manual_seed(0)
     mod = create_mod_model(model_name)
     models = {'mod': mod, 'baseline': timm.create_model(baseline_name), 'identity': identity_bound(mod)}
-    export_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: export_dir / f'{name}_b{setting.batch_size}.onnx' for name in models}
-    steps = {name: make_step(model, setting, onnx_path=paths[name]) for name, model in models.items()}
-    parity = {name: runtime_parity(model, setting, paths[name]) for name, model in models.items()} \
-        if setting.mode in RUNTIMES else {}
+    parity: Dict[str, float] = {}
+    if setting.mode in RUNTIMES:  # one session per model serves the parity check and the timing
+        export_dir.mkdir(parents=True, exist_ok=True)
+        runs = {name: _runtime_forward(model, setting, export_dir / f'{name}_b{setting.batch_size}.onnx')
+                for name, model in models.items()}
+        parity = {name: runtime_parity(model, runs[name], setting) for name, model in models.items()}
+        steps = {name: _runtime_step(run, setting) for name, run in runs.items()}
+    else:
+        steps = {name: make_step(model, setting) for name, model in models.items()}
     for name in ('baseline', 'identity'):
         if parity.get(name, 0.0) > 1e-3:
             raise RuntimeError(f'The {setting.mode} export of the {name} model of {model_name} differs from '
