@@ -17,7 +17,8 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / 'timm-mod'
 
 
 @pytest.mark.parametrize('name, kwargs', [
-    ('resnet50_mod', {}), ('mobilenetv2_mod', {}), ('resnet18_mod', {'fusion': 'last'})])
+    ('resnet50_mod', {}), ('mobilenetv2_mod', {}), ('resnet18_mod', {'fusion': 'last'}),
+    ('resnet18_mod', {'fusion': 'original'})])
 def test_exported_mod_blocks_are_what_one_would_write_by_hand(tmp_path: Path, name: str, kwargs) -> None:
     """ Per MoD block one TopK on the scores, one Gather of channel planes and one ScatterND of the fused planes:
     no transposes, no element-wise gathers, no tie-key arithmetic."""

@@ -23,7 +23,7 @@ def full_fp32_matmuls():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-@pytest.mark.parametrize('fusion', ['first', 'last'])
+@pytest.mark.parametrize('fusion', ['first', 'last', 'original'])
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last], ids=['nchw', 'nhwc'])
 @pytest.mark.parametrize('batch', [1, 5])
 def test_block_matches_the_reference_on_cuda(fusion: str, memory_format, batch: int) -> None:

@@ -26,6 +26,11 @@ def make_block(fusion: str = 'first', routing: str = 'learned', block_cls=Bottle
     return block.eval()
 
 
+def fused_channels(fusion: str, order: torch.Tensor):
+    """ The channels that receive the processed ones: the first or last k, or where they came from."""
+    return {'first': slice(0, K), 'last': slice(CHANNELS - K, None), 'original': order}[fusion]
+
+
 def expected_output(block: MoDBlock, x: torch.Tensor) -> torch.Tensor:
     """ The paper's equations, sample by sample, independent of the block's own routing code."""
     out = x.clone()
@@ -37,27 +42,32 @@ def expected_output(block: MoDBlock, x: torch.Tensor) -> torch.Tensor:
         orders = [scores[b].argsort(descending=True, stable=True)[:block.k] for b in range(x.shape[0])]  # ties: lower
     for b, order in enumerate(orders):
         processed = block.block(x[b:b + 1, order]) * scores[b, order][None, :, None, None]
-        target = slice(x.shape[1] - block.k, None) if block.fuse_last else slice(0, block.k)
+        target = fused_channels(block.fusion, order)
         out[b:b + 1, target] = x[b:b + 1, target] + processed
     return out
 
 
-@pytest.mark.parametrize('fusion', ['first', 'last'])
+@pytest.mark.parametrize('fusion', ['first', 'last', 'original'])
 @pytest.mark.parametrize('grad', [False, True], ids=['no_grad', 'grad'])
 def test_fusion_semantics_exact(fusion: str, grad: bool) -> None:
     block = make_block(fusion)
     x = torch.randn(3, CHANNELS, 6, 5)
     with torch.no_grad():
         expected = expected_output(block, x)
+        orders = block.selector(x).argsort(dim=1, descending=True, stable=True)[:, :K]
     x_in = x.clone().requires_grad_(grad)
     with torch.set_grad_enabled(grad):
         out = block(x_in)
-    passthrough = slice(0, CHANNELS - K) if fusion == 'last' else slice(K, None)
-    fused = slice(CHANNELS - K, None) if fusion == 'last' else slice(0, K)
     assert out.shape == x.shape
-    assert torch.equal(out[:, passthrough], x[:, passthrough]), 'channels outside the fused k must be bit-identical'
-    torch.testing.assert_close(out[:, fused], expected[:, fused], rtol=0, atol=1e-6)
-    assert not torch.equal(out[:, fused], x[:, fused]), 'the fused channels must change'
+    for b in range(x.shape[0]):
+        fused = torch.zeros(CHANNELS, dtype=torch.bool)
+        fused[fused_channels(fusion, orders[b])] = True
+        assert fused.sum() == K
+        assert torch.equal(out[b, ~fused], x[b, ~fused]), 'channels outside the fused k must be bit-identical'
+        torch.testing.assert_close(out[b, fused], expected[b, fused], rtol=0, atol=1e-6)
+        assert not torch.equal(out[b, fused], x[b, fused]), 'the fused channels must change'
+    if fusion == 'original':  # samples route differently, so they receive in different channels
+        assert len({tuple(sorted(order.tolist())) for order in orders}) > 1
 
 
 def test_inference_leaves_the_input_alone_unless_in_place_fusion_is_opted_in() -> None:
@@ -226,7 +236,7 @@ def test_random_routing_in_training_is_uniform_distinct_and_unscaled() -> None:
     torch.testing.assert_close(pair_frequency, torch.full_like(pair_frequency, expected_pair), rtol=0.35, atol=0)
 
 
-@pytest.mark.parametrize('fusion', ['first', 'last'])
+@pytest.mark.parametrize('fusion', ['first', 'last', 'original'])
 def test_random_routing_training_matches_a_plain_reference(fusion: str) -> None:
     """ Output and gradients against the method written out: the top-k of uniform noise, an unscaled add."""
     block = make_block(fusion, routing='random').train()
@@ -243,6 +253,9 @@ def test_random_routing_training_matches_a_plain_reference(fusion: str) -> None:
     pieces = [x_ref[:, :CHANNELS - K], x_ref[:, target] + block.block(selected)] if fusion == 'last' else \
         [x_ref[:, target] + block.block(selected), x_ref[:, K:]]
     expected = torch.cat(pieces, dim=1)
+    if fusion == 'original':
+        update = block.block(selected)
+        expected = torch.stack([x_ref[b].index_add(0, order[b], update[b]) for b in range(3)])
     expected_grads = torch.autograd.grad(expected.square().sum(), [x_ref, *block.parameters()])
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
     for got, want in zip(grads, expected_grads):
@@ -264,7 +277,8 @@ def test_selector_is_bias_free_se_shape() -> None:
     assert scores.shape == (2, 1024) and scores.min() > 0 and scores.max() < 1
 
 
-@pytest.mark.parametrize('fusion, routing', [('first', 'learned'), ('last', 'learned'), ('first', 'random')])
+@pytest.mark.parametrize('fusion, routing', [
+    ('first', 'learned'), ('last', 'learned'), ('first', 'random'), ('original', 'learned'), ('original', 'random')])
 def test_compile_fullgraph_and_export_match_the_paper_equations(fusion: str, routing: str) -> None:
     block = make_block(fusion, routing)
     x = torch.randn(2, CHANNELS, 6, 6)
@@ -277,7 +291,8 @@ def test_compile_fullgraph_and_export_match_the_paper_equations(fusion: str, rou
         torch.testing.assert_close(exported.module()(x.clone()), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('fusion, routing', [('first', 'learned'), ('last', 'learned'), ('last', 'random')])
+@pytest.mark.parametrize('fusion, routing', [
+    ('first', 'learned'), ('last', 'learned'), ('last', 'random'), ('original', 'learned')])
 @pytest.mark.parametrize('grad', [False, True], ids=['no_grad', 'grad'])
 def test_torchscript_matches_the_paper_equations(fusion: str, routing: str, grad: bool) -> None:
     block = make_block(fusion, routing)
@@ -359,7 +374,9 @@ def reference_forward(block: MoDBlock, x: torch.Tensor) -> torch.Tensor:
     values, indices = scores.gather(1, order), order
     selected = torch.gather(x, 1, indices[:, :, None, None].expand(-1, -1, *x.shape[2:]))
     update = block.block(selected) * values[:, :, None, None]
-    if block.fuse_last:
+    if block.fusion == 'original':
+        return torch.scatter_add(x, 1, indices[:, :, None, None].expand_as(update), update)
+    if block.fusion == 'last':
         return torch.cat([x[:, :-block.k], x[:, -block.k:] + update], dim=1)
     return torch.cat([x[:, :block.k] + update, x[:, block.k:]], dim=1)
 
@@ -387,7 +404,7 @@ def assert_fast_paths_match_the_reference(block: MoDBlock, x: torch.Tensor, atol
         torch.testing.assert_close(block(x.clone()), expected, rtol=1e-5, atol=atol)
 
 
-@pytest.mark.parametrize('fusion', ['first', 'last'])
+@pytest.mark.parametrize('fusion', ['first', 'last', 'original'])
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last], ids=['nchw', 'nhwc'])
 @pytest.mark.parametrize('batch', [1, 3])
 def test_fast_paths_match_the_plain_reference(fusion: str, memory_format, batch: int) -> None:

@@ -57,13 +57,18 @@ def test_folder_without_class_subfolders_is_a_clear_error(tmp_path: Path) -> Non
 
 
 def test_quickstart_trains_mod_model_and_its_timm_counterpart(quickstart_run) -> None:
-    mod, baseline = quickstart_run
+    rows, (mod, baseline) = quickstart_run
     assert (mod.model_name, baseline.model_name) == ('resnet18_mod', 'resnet18')
     assert mod.params < baseline.params and mod.macs < baseline.macs
     assert 0.0 <= mod.top1 <= 100.0
-    for result in quickstart_run:
-        assert {'last.pth.tar', 'model_best.pth.tar', 'args.yaml'} <= {p.name for p in result.checkpoint_dir.iterdir()}
-    lines = format_results(quickstart_run).splitlines()
+    for result in (mod, baseline):
+        assert result.checkpoint_dir.parts[-2:] == (result.model_name, 'seed0')
+        assert {'last.pth.tar', 'model_best.pth.tar', 'args.yaml', 'result.json'} <= {
+            p.name for p in result.checkpoint_dir.iterdir()}
+    assert [row.top1_mean for row in rows] == [mod.top1, baseline.top1]
+    assert rows[1].inference_speedup == rows[1].train_speedup == 1.0, 'speed-ups are against the baseline'
+    assert rows[0].inference_speedup > 0 and rows[0].train_speedup > 0
+    lines = format_results(rows).splitlines()
     assert lines[-1] == f'top-1: {mod.top1:.2f}'
     assert [line.split()[0] for line in lines[1:3]] == ['resnet18_mod', 'resnet18']
 
@@ -81,7 +86,7 @@ def _held_out_top1(model: torch.nn.Module, digits: Path) -> float:
 
 
 def test_train_py_checkpoints_load_every_way_and_reproduce_the_result(quickstart_run, digits: Path) -> None:
-    result = quickstart_run[0]
+    result = quickstart_run[1][0]
     checkpoint = result.checkpoint_dir / 'last.pth.tar'
     through_overlay = timm.create_model(
         'resnet18_mod', pretrained=True, num_classes=10,
@@ -93,7 +98,7 @@ def test_train_py_checkpoints_load_every_way_and_reproduce_the_result(quickstart
 
 
 def test_ema_weights_are_preferred_as_by_validate_py(quickstart_run, tmp_path: Path) -> None:
-    state_dict = torch.load(quickstart_run[0].checkpoint_dir / 'last.pth.tar', weights_only=False)['state_dict']
+    state_dict = torch.load(quickstart_run[1][0].checkpoint_dir / 'last.pth.tar', weights_only=False)['state_dict']
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in state_dict.items()}
     path = tmp_path / 'model_best.pth.tar'
     torch.save({'state_dict': state_dict, 'state_dict_ema': ema}, path)

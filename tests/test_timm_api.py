@@ -297,6 +297,8 @@ EXPORT_CASES = [
     ('resnet18_mod', {}),
     ('resnet18_mod', {'fusion': 'last'}),
     ('resnet18_mod', {'routing': 'random'}),
+    ('resnet18_mod', {'fusion': 'original'}),
+    ('resnet18_mod', {'fusion': 'original', 'routing': 'random'}),
     ('mobilenetv2_mod', {}),
     ('convnext_nano_mod', {}),
     ('regnety_016_mod', {}),

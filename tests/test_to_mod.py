@@ -239,8 +239,8 @@ def test_benchmark_converts_a_plain_model_name() -> None:
 
 def test_quickstart_with_a_model_beyond_the_paper(tmp_path: Path) -> None:
     digits = write_digits(tmp_path / 'digits')
-    mod, baseline = run_quickstart(data_dir=digits, output_dir=tmp_path / 'out', model_name='convnext_nano_mod',
-                                   epochs=1, progress=False)
+    _, (mod, baseline) = run_quickstart(data_dir=digits, output_dir=tmp_path / 'out', model_name='convnext_nano_mod',
+                                        epochs=1, progress=False)
     assert (mod.model_name, baseline.model_name) == ('convnext_nano_mod', 'convnext_nano')
     assert mod.params < baseline.params and mod.macs < baseline.macs
     assert (mod.checkpoint_dir / 'last.pth.tar').is_file()
@@ -289,7 +289,7 @@ def test_slim_blocks_normalise_like_the_dense_blocks() -> None:
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(fusion='middle'), r"fusion 'middle'; choose one of \('first', 'last'\)"),
+    (dict(fusion='middle'), r"fusion 'middle'; choose one of \('first', 'last', 'original'\)"),
     (dict(routing='smart'), r"routing 'smart'; choose one of \('learned', 'random'\)"),
     (dict(r=0), 'selector reduction r must be a positive integer'),
 ])

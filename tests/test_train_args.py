@@ -55,7 +55,8 @@ def parse_like_train_py(path: Path) -> argparse.Namespace:
 
 def test_there_are_recipes_and_a_quickstart() -> None:
     assert {p.name for p in TRAIN_ARGS} == {
-        'quickstart.yaml', 'resnet_mod_imagenet.yaml', 'mobilenetv2_mod_imagenet.yaml', 'finetune_from_dense.yaml'}
+        'quickstart.yaml', 'resnet_mod_imagenet.yaml', 'mobilenetv2_mod_imagenet.yaml', 'finetune_from_dense.yaml',
+        'cifar10.yaml'}
     assert quickstart_args_file().read_text() == (ROOT / 'train_args' / 'quickstart.yaml').read_text()
 
 
@@ -101,3 +102,11 @@ def test_finetune_recipe_keeps_the_papers_data_and_lowers_the_learning_rate() ->
 def test_every_paper_model_has_a_documented_command(name: str) -> None:
     recipe = 'mobilenetv2_mod_imagenet.yaml' if name.startswith('mobilenetv2') else 'resnet_mod_imagenet.yaml'
     assert f'-c train_args/{recipe} --model {name} ' in (ROOT / 'README.md').read_text()
+
+
+def test_cifar10_recipe_trains_at_cifars_size_with_plain_cross_entropy() -> None:
+    """ 32 px, no centre crop (the whole image is seen), the usual CIFAR augmentation and the paper's plain loss;
+    its splits are the ones torchvision's CIFAR10 (train.py --dataset torch/cifar10) and an ImageFolder copy name."""
+    args = load_train_args(ROOT / 'train_args' / 'cifar10.yaml')
+    expect(args, num_classes=10, input_size=[3, 32, 32], crop_pct=1.0, hflip=0.5, color_jitter=0.0, smoothing=0.0,
+           train_split='train', val_split='validation', opt='sgd', momentum=0.9)

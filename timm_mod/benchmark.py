@@ -164,7 +164,8 @@ def benchmark_input(setting: BenchSetting) -> torch.Tensor:
 
 
 def make_step(model: nn.Module, setting: BenchSetting, num_classes: int = 1000,
-              onnx_path: Optional[Path] = None) -> Callable[[], None]:
+              onnx_path: Optional[Path] = None, input_size: Tuple[int, int, int] = (3, 224, 224)
+              ) -> Callable[[], None]:
     """ One inference batch, or one training step (forward, backward, SGD step), as a closure to time.
 
     A runtime mode runs the model's ONNX export at `onnx_path` (exported there first if it is not there yet).
@@ -174,7 +175,7 @@ def make_step(model: nn.Module, setting: BenchSetting, num_classes: int = 1000,
     device = torch.device(setting.device)
     memory_format = torch.channels_last if setting.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format).train(setting.task == 'train')
-    x = torch.randn(setting.batch_size, 3, 224, 224, device=device).to(memory_format=memory_format)
+    x = torch.randn(setting.batch_size, *input_size, device=device).to(memory_format=memory_format)
     if setting.mode == 'eager':
         forward = model
     else:

@@ -21,7 +21,7 @@ def _digits(args: argparse.Namespace) -> None:
 
 def _quickstart(args: argparse.Namespace) -> None:
     from .quickstart import format_results, run_quickstart
-    results = run_quickstart(
+    rows, _ = run_quickstart(
         train_args_file=args.config,
         data_dir=args.data_dir,
         output_dir=args.output,
@@ -29,7 +29,20 @@ def _quickstart(args: argparse.Namespace) -> None:
         baseline_name=args.baseline,
         epochs=args.epochs,
     )
-    print(format_results(results))
+    print(format_results(rows))
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from .compare import ModelSpec, compare, format_comparison, load_train_args, write_comparison
+    specs = [ModelSpec.parse(text) for text in args.models]
+    rows, _ = compare(
+        specs, load_train_args(args.config), args.data_dir, args.output_dir, seeds=args.seeds, epochs=args.epochs,
+        unfinished=args.unfinished, measure_speed=not args.no_speed, bench_batch_size=args.bench_batch_size,
+        threads=args.threads, rounds=args.rounds)
+    if rows:
+        for path in write_comparison(rows, args.output_dir):
+            print(path, file=sys.stderr)
+    print(format_comparison(rows, markdown=args.markdown))
 
 
 def _dense_quickstart(args: argparse.Namespace) -> None:
@@ -114,12 +127,40 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.add_argument('--data-dir', type=Path, default=DEFAULT_DATA_DIR,
                             help=f'where the digits ImageFolder is written once (default: {DEFAULT_DATA_DIR})')
     quickstart.add_argument('--output', type=Path, default=Path('output/quickstart'),
-                            help='checkpoint folder, one subfolder per model (default: output/quickstart)')
+                            help='checkpoint folder, <model>/seed<N>/ per run (default: output/quickstart)')
     quickstart.add_argument('--model', default=None, help='MoD model (default: the arg file\'s model)')
     quickstart.add_argument('--baseline', default=None,
                             help="plain timm model trained with the same recipe (default: the paper's baseline)")
     quickstart.add_argument('--epochs', type=int, default=None, help='override the arg file\'s epochs')
     quickstart.set_defaults(run=_quickstart)
+
+    from .compare import UNFINISHED
+    compare_parser = commands.add_parser(
+        'compare', help='train timm models with one train.py arg file on an ImageFolder and tabulate accuracy, '
+                        'params, MACs and measured CPU speed-up (resumable)')
+    compare_parser.add_argument('-c', '--config', type=Path, required=True, help='train.py arg file (YAML)')
+    compare_parser.add_argument('--data-dir', type=Path, required=True,
+                                help="ImageFolder root with the arg file's train_split and val_split folders")
+    compare_parser.add_argument('--models', nargs='+', required=True, metavar='NAME[:KEY=VALUE,...][@SEEDS]',
+                                help='timm models with optional create_model kwargs and seeds, e.g. resnet18 '
+                                     'resnet18_mod resnet18_mod:routing=random@0; speed-ups are against the first '
+                                     'model without MoD blocks')
+    compare_parser.add_argument('--seeds', type=int, nargs='*', default=[0],
+                                help='seeds of every model that names none (default: 0)')
+    compare_parser.add_argument('--output-dir', type=Path, default=Path('output/compare'),
+                                help='one folder per model and seed, and the results table (default: output/compare)')
+    compare_parser.add_argument('--epochs', type=int, default=None, help="override the arg file's epochs")
+    compare_parser.add_argument('--unfinished', choices=UNFINISHED, default='resume',
+                                help='what to do with an interrupted run: resume it from its last epoch (default) '
+                                     'or skip it')
+    compare_parser.add_argument('--no-speed', action='store_true', help='train and tabulate only, time nothing')
+    compare_parser.add_argument('--bench-batch-size', type=int, default=None,
+                                help="batch of the speed measurement (default: the arg file's batch_size)")
+    compare_parser.add_argument('--threads', type=int, default=1, help='CPU threads of the speed measurement')
+    compare_parser.add_argument('--rounds', type=int, default=5,
+                                help='alternating timing rounds, the median is reported (default: 5)')
+    compare_parser.add_argument('--markdown', action='store_true', help='print a Markdown table')
+    compare_parser.set_defaults(run=_compare)
 
     dense = commands.add_parser(
         'dense-quickstart',

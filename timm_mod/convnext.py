@@ -63,7 +63,8 @@ class MoDConvNeXt(ConvNeXt):
         Args:
             c: Channel divisor; MoD blocks process k = C // c channels.
             r: Reduction of the channel selector.
-            fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels.
+            fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels, or 'original': the
+                channels they were gathered from (Table 10).
             routing: 'learned' (selector) or 'random'.
             **kwargs: timm's `ConvNeXt` arguments (depths, dims, conv_mlp, num_classes, drop_path_rate, ...).
         """

@@ -105,7 +105,8 @@ class MoDEfficientNet(EfficientNet):
             block_args: As timm's `EfficientNet` (decoded arch-def).
             c: Channel divisor; MoD blocks process k = C // c channels (16 in the paper).
             r: Reduction of the channel selector (16 in the paper).
-            fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels.
+            fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels, or 'original': the
+                channels they were gathered from (Table 10).
             routing: 'learned' (selector) or 'random' (MoD rand.).
             **kwargs: The rest of timm's `EfficientNet` arguments (num_classes, act_layer, se_layer,
                 output_stride, drop_path_rate, ...); the slim blocks are rebuilt from the dense blocks these make.

@@ -24,13 +24,13 @@ from timm.layers import register_notrace_function
 __all__ = [
     'FUSION_TARGETS', 'ROUTING_MODES', 'SlimBlockFn',
     'ChannelSelector', 'MoDBlock', 'check_mod_options', 'mod_width', 'top_k_channels', 'gather_channels',
-    'random_channel_indices', 'fixed_channel_indices', 'fuse_channels', 'set_in_place_fusion',
+    'random_channel_indices', 'fixed_channel_indices', 'fuse_channels', 'fuse_at_indices', 'set_in_place_fusion',
     'block_in_channels', 'norm_layer_of', 'mod_every_second_block', 'mod_block_for',
     'ModFamily', 'MOD_FAMILIES', 'UnsupportedBlock', 'register_family', 'find_family', 'mod_positions', 'default_c',
     'apply_mod', 'to_mod',
 ]
 
-FUSION_TARGETS = ('first', 'last')
+FUSION_TARGETS = ('first', 'last', 'original')
 ROUTING_MODES = ('learned', 'random')
 
 SlimBlockFn = Callable[[nn.Module, int], nn.Module]
@@ -287,11 +287,35 @@ def fuse_channels(
     return _FuseChannels.apply(x, update, scores, start)
 
 
+@register_notrace_function
+def fuse_at_indices(
+        x: torch.Tensor,
+        selected: torch.Tensor,
+        update: torch.Tensor,
+        indices: torch.Tensor,
+        scores: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """ Table 10's 'original' fusion: each processed channel is added back to the channel it was gathered from.
+
+    out[b, indices[b, j]] = selected[b, j] + scores[b, j] * update[b, j], the other channels pass through, where
+    `selected` is x gathered at `indices`. The k indices of a sample are distinct, so writing the fused planes with
+    one `index_put` is the add, and it leaves `x` as it was. That one form serves every path: autograd (the
+    gradient reaches `x` both where it passes through and through `selected`), `torch.compile`, TorchScript, either
+    memory format, and exporters, where it is one ScatterND indexed by (sample, channel).
+    """
+    if update.dtype != x.dtype:
+        update = update.to(x.dtype)
+    fused = selected + update if scores is None else torch.addcmul(
+        selected, update, scores.view(scores.shape[0], update.shape[1], 1, 1).to(x.dtype))
+    samples = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(indices)
+    return x.index_put((samples, indices), fused)
+
+
 class MoDBlock(nn.Module):
     """ Mixture-of-Depths block: a slim block processes the k top-scored channels, fused into k fixed ones.
 
     out[:, :k] = x[:, :k] + scores[:k] * slim_block(x[:, top_k])   (fusion 'first'; 'last' uses the last k)
-    out[:, k:] = x[:, k:]
+    out[:, k:] = x[:, k:]                                          ('original' adds back at top_k instead)
     """
 
     def __init__(
@@ -313,7 +337,8 @@ class MoDBlock(nn.Module):
             c: Channel divisor, the block processes k = C // c channels.
             r: Reduction of the channel selector's hidden layer.
             fusion: 'first' adds the processed channels to the first k channels (the paper's MoD),
-                'last' to the last k (the paper's MoD-lk variant).
+                'last' to the last k (the paper's MoD-lk variant), 'original' back to the channels they were
+                gathered from (Table 10's comparison, which the paper finds worse at every c).
             routing: 'learned' scores channels with a selector; 'random' draws k channels uniformly per
                 sample with scores fixed at 1 and has no selector (the paper's "MoD50 rand."). In eval
                 mode it processes one fixed random set of k channels (`eval_channels`, drawn at init
@@ -327,7 +352,7 @@ class MoDBlock(nn.Module):
         self.in_channels = in_channels
         self.c = c
         self.k = mod_width(in_channels, c)
-        self.fuse_last = fusion == 'last'
+        self.fusion = fusion
         self.selector = ChannelSelector(in_channels, r, device=device, dtype=dtype) if routing == 'learned' else None
         # a per-sample draw in eval would have to hash the sample's values, and float sums round differently
         # with the batch size, the runtime and the compiler: a fixed draw is the same everywhere
@@ -336,10 +361,6 @@ class MoDBlock(nn.Module):
         self.block = make_block(self.k)
         self.drop_path = drop_path if drop_path is not None else nn.Identity()
         self.in_place_fusion = False  # see set_in_place_fusion
-
-    @property
-    def fusion(self) -> str:
-        return 'last' if self.fuse_last else 'first'
 
     @property
     def routing(self) -> str:
@@ -356,8 +377,11 @@ class MoDBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         indices, scores = self.route(x)
-        update = self.drop_path(self.block(gather_channels(x, indices)))  # per-sample drop commutes with scaling
-        return fuse_channels(x, update, scores, self.fuse_last, self.in_place_fusion)
+        selected = gather_channels(x, indices)
+        update = self.drop_path(self.block(selected))  # per-sample drop commutes with scaling
+        if self.fusion == 'original':
+            return fuse_at_indices(x, selected, update, indices, scores)
+        return fuse_channels(x, update, scores, self.fusion == 'last', self.in_place_fusion)
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, c={self.c}, k={self.k}, fusion={self.fusion}, routing={self.routing}'
@@ -372,7 +396,7 @@ def set_in_place_fusion(model: nn.Module, enabled: bool = True) -> nn.Module:
     7 alternating rounds in one process (2-vCPU Xeon, torch 2.14.1): resnet50_mod 61.6 ms in place vs 63.2 ms
     with the copy at batch 1 (+2.5 %), 1090 vs 1126 ms at batch 16 (+3.3 %); mobilenetv2_mod 14.4 vs 13.9 ms
     and 302 vs 303 ms (within noise). Turn it on only where nothing else holds block outputs; gradients,
-    compiled models, TorchScript and exports are unaffected (they never fuse in place).
+    compiled models, TorchScript, exports and fusion='original' are unaffected (they never fuse in place).
     """
     for block in model.modules():
         if isinstance(block, MoDBlock):

@@ -82,7 +82,8 @@ class MoDRegNet(RegNet):
         Args:
             c: Channel divisor; MoD blocks process k = C // c channels.
             r: Reduction of the channel selector.
-            fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels.
+            fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels, or 'original': the
+                channels they were gathered from (Table 10).
             routing: 'learned' (selector) or 'random'.
             zero_init_last: As timm's `RegNet`; the slim blocks are initialised the same way.
             **kwargs: timm's `RegNet` arguments (cfg, num_classes, drop_path_rate, ...).

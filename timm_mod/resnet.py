@@ -104,7 +104,8 @@ class MoDResNet(ResNet):
             block, layers, zero_init_last: As timm's `ResNet`; the slim blocks are initialised the same way.
             c: Channel divisor; MoD blocks process k = C // c channels (64 in the paper).
             r: Reduction of the channel selector (16 in the paper).
-            fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels.
+            fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels, or 'original': the
+                channels they were gathered from (Table 10).
             routing: 'learned' (selector) or 'random' (MoD rand.).
             **kwargs: The rest of timm's `ResNet` arguments (channels, cardinality, block_args, num_classes,
                 drop_path_rate, ...); the slim blocks are rebuilt from the dense blocks these make.
