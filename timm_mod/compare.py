@@ -304,6 +304,7 @@ class ComparisonRow:
     inference_speedup: Optional[float] = None  # the baseline's time over this model's
     train_step_ms: Optional[float] = None  # forward, backward and SGD step on one batch
     train_speedup: Optional[float] = None
+    speed_setting: str = ''  # what the times were measured on: 'CPU, batch 128 of 3x32x32, 1 thread'
 
 
 def _recipe_record(train_args: Dict[str, Any], data_dir: Path, epochs: Optional[int]) -> Dict[str, Any]:
@@ -443,7 +444,9 @@ def _with_speed(specs: Sequence[ModelSpec], rows: List[ComparisonRow], train_arg
         inference_ms=times['inference'][row.label] * 1e3,
         inference_speedup=times['inference'][baseline] / times['inference'][row.label],
         train_step_ms=times['train'][row.label] * 1e3,
-        train_speedup=times['train'][baseline] / times['train'][row.label])) for row in rows]
+        train_speedup=times['train'][baseline] / times['train'][row.label],
+        speed_setting=f"CPU, batch {batch_size} of {'x'.join(map(str, input_size))}, {threads} thread(s), "
+                      f"speed-ups against {baseline}")) for row in rows]
 
 
 COMPARISON_COLUMNS = ('model', 'seeds', 'held-out top-1 (%)', 'params (M)', 'MMACs', 'inference ms',
@@ -486,8 +489,9 @@ def _plot(rows: Sequence[ComparisonRow], path: Path) -> Optional[Path]:
         return None
     timed = all(r.inference_ms is not None for r in rows)
     fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(11 if timed else 5.5, 4.5), squeeze=False)
-    panels = [('mmacs', 'MMACs per image')] + ([('inference_ms', 'measured inference ms per batch (CPU)')]
-                                               if timed else [])
+    panels = [('mmacs', 'MMACs per image')]
+    if timed:
+        panels.append(('inference_ms', f'measured inference ms per batch\n({rows[0].speed_setting})'))
     for ax, (attribute, xlabel) in zip(axes[0], panels):
         for index, row in enumerate(rows):
             x = getattr(row, attribute)
