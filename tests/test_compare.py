@@ -71,9 +71,13 @@ def test_summary_is_mean_and_sample_std_over_seeds(tmp_path: Path) -> None:
     results = [RunResult('resnet18_mod', 100, 2e6, value, tmp_path, seed=seed, label='resnet18_mod')
                for seed, value in top1.items()]
     results.append(RunResult('resnet18_mod', 100, 2e6, 10.0, tmp_path, model_kwargs={'c': 16}))
-    specs = [ModelSpec('resnet18_mod'), ModelSpec('resnet18_mod', (('c', 16),)), ModelSpec('resnet18')]
+    narrow = ModelSpec.parse('resnet18:channels=(32,64,128,256)')
+    stored = RunResult('resnet18', 100, 3e6, 20.0, tmp_path, model_kwargs=narrow.kwargs).to_json()
+    results.append(RunResult.from_json(json.loads(json.dumps(stored))))  # as read back from result.json
+    specs = [ModelSpec('resnet18_mod'), ModelSpec('resnet18_mod', (('c', 16),)), ModelSpec('resnet18'), narrow]
     rows = summarize_runs(specs, results)
-    assert [row.label for row in rows] == ['resnet18_mod', 'resnet18_mod c=16'], 'specs without runs are left out'
+    assert [row.label for row in rows] == ['resnet18_mod', 'resnet18_mod c=16', narrow.label], \
+        'specs without runs are left out; tuple kwargs read back from JSON still match'
     assert rows[0].seeds == 3 and rows[0].top1_mean == pytest.approx(np.mean(list(top1.values())))
     assert rows[0].top1_std == pytest.approx(np.std(list(top1.values()), ddof=1))
     assert (rows[1].seeds, rows[1].top1_std) == (1, 0.0)

@@ -401,11 +401,17 @@ def compare(
     return rows, results
 
 
+def _as_json(kwargs: Dict[str, Any]) -> Any:
+    """ Kwargs as result.json holds them (tuples become lists), so that a run read back matches its spec."""
+    return json.loads(json.dumps(kwargs, default=str))
+
+
 def summarize_runs(specs: Sequence[ModelSpec], results: Sequence[RunResult]) -> List[ComparisonRow]:
     """ One row per spec with finished runs: top-1 mean and sample std over its seeds, params and MACs."""
     rows = []
     for spec in specs:
-        runs = [r for r in results if r.model_name == spec.model_name and r.model_kwargs == spec.kwargs]
+        runs = [r for r in results
+                if r.model_name == spec.model_name and _as_json(r.model_kwargs) == _as_json(spec.kwargs)]
         if not runs:
             continue
         top1 = [r.top1 for r in runs]
