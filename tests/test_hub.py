@@ -144,6 +144,11 @@ def test_card_without_results_file_uses_the_training_metric(tmp_path: Path) -> N
 def test_results_file_csv(tmp_path: Path) -> None:
     (tmp_path / 'r.csv').write_text('model,top1,top5\nresnet18_mod,64.1,85.0\n')
     assert read_results(tmp_path / 'r.csv')['top1'] == '64.1'
+    # validate.py --results-file results.json writes CSV unless --results-format json is given too
+    (tmp_path / 'results.json').write_text('model,top1,top5\nresnet18_mod,64.1,85.0\n')
+    assert read_results(tmp_path / 'results.json')['top1'] == '64.1'
+    (tmp_path / 'results.json').write_text('[{"model": "resnet18_mod", "top1": 64.1}]')
+    assert read_results(tmp_path / 'results.json')['top1'] == 64.1
 
 
 def test_non_empty_out_dir_is_refused_unless_overwrite(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ The model card is rendered from `hub_cards/model_card.md` with this model's arch
 published row and this checkpoint's own results.
 """
 import csv
+import io
 import json
 import os
 import tempfile
@@ -31,14 +32,15 @@ CARD_TEMPLATE = 'model_card.md'
 
 
 def read_results(path: Path) -> Dict[str, Any]:
-    """ The first row of a validate.py `--results-file` (JSON or CSV)."""
-    path = Path(path)
-    if path.suffix == '.json':
-        results = json.loads(path.read_text())
-        results = results[0] if isinstance(results, list) else results
-        return results.get('results', results) if isinstance(results, dict) else {}
-    with open(path, newline='') as f:
-        return next(csv.DictReader(f), {})
+    """ The first row of a validate.py `--results-file`, JSON or CSV whatever the file is called: validate.py writes
+    CSV unless given `--results-format json`, also to a file named results.json."""
+    text = Path(path).read_text()
+    try:
+        results = json.loads(text)
+    except json.JSONDecodeError:
+        return next(csv.DictReader(io.StringIO(text, newline='')), {})
+    results = results[0] if isinstance(results, list) else results
+    return results.get('results', results) if isinstance(results, dict) else {}
 
 
 def _training_results(checkpoint: Checkpoint) -> Dict[str, Any]:
