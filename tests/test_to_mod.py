@@ -299,3 +299,22 @@ def test_bad_mod_arguments_are_value_errors_naming_the_choices(kwargs, message: 
                   lambda: to_mod(timm.create_model('resnet18'), **kwargs)):
         with pytest.raises(ValueError, match=message):
             build()
+
+
+
+@pytest.mark.parametrize('plain_name, name', [('resnet18', 'resnet18_mod'), ('mobilenetv2_100', 'mobilenetv2_mod')])
+def test_to_mod_with_the_original_positions_fusion_is_the_registered_models_kwarg(plain_name: str, name: str) -> None:
+    """ fusion='original' through `to_mod` and through `create_model(..., fusion=...)` (train.py's --model-kwargs)
+    builds the same model, which adds the processed channels back where they came from."""
+    torch.manual_seed(0)
+    registered = timm.create_model(name, fusion='original').eval()
+    c = next(m for m in registered.modules() if isinstance(m, MoDBlock)).c
+    torch.manual_seed(0)
+    converted = to_mod(timm.create_model(plain_name), c=c, fusion='original').eval()
+    assert {m.fusion for m in converted.modules() if isinstance(m, MoDBlock)} == {'original'}
+    x = torch.randn(2, 3, 64, 64)
+    first_k = timm.create_model(name).eval()
+    first_k.load_state_dict(registered.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), registered(x), rtol=0, atol=0)
+        assert not torch.allclose(first_k(x), registered(x)), 'the fusion changes the output'
