@@ -5,17 +5,19 @@ when it is complete, so an interruption leaves the old output or the new one, ne
 staging and backup names are fixed per target, so what a killed run (SIGKILL) left is cleared, or put
 back, by the next run instead of piling up.
 """
+import csv
 import ctypes
 import ctypes.util
+import json
 import os
 import shutil
 import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Dict, Iterator, List, Sequence
 
-__all__ = ['staged_output', 'exit_cleanly_on_sigterm']
+__all__ = ['staged_output', 'exit_cleanly_on_sigterm', 'write_records']
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 
@@ -89,3 +91,19 @@ def staged_output(target: Path) -> Iterator[Path]:
 def exit_cleanly_on_sigterm() -> None:
     """ Turn SIGTERM into SystemExit, so `finally` blocks (and `staged_output`'s clean-up) run as on Ctrl-C."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def write_records(records: Sequence[Dict[str, Any]], output_dir: Path, stem: str) -> List[Path]:
+    """ `stem`.csv and `stem`.json of one table's rows in `output_dir`, each written beside and swapped in whole."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = [output_dir / f'{stem}.csv', output_dir / f'{stem}.json']
+    staging = [path.with_name(f'.{path.name}.partial') for path in paths]
+    with open(staging[0], 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    staging[1].write_text(json.dumps(list(records), indent=2))
+    for partial, path in zip(staging, paths):
+        os.replace(partial, path)
+    return paths

@@ -6,9 +6,7 @@ The three are timed interleaved (round-robin, `torch.utils.benchmark`) and each 
 rounds, so drifts in clock speed or load hit all three alike; only ratios are reported as results.
 """
 import copy
-import csv
 import itertools
-import json
 import logging
 import os
 import platform
@@ -27,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from ._builder import create_mod_model
+from ._output import write_records
 from .deploy import RUNTIMES, export_onnx, require_runtime, runtime_session
 from .mod import MoDBlock
 from .zoo import PAPER_MODELS, baseline_of, format_table, measure
@@ -483,16 +482,9 @@ def bench_table_rows(rows: Sequence[BenchRow]) -> List[tuple]:
 
 def write_results(rows: Sequence[BenchRow], output: Path) -> List[Path]:
     """ benchmark.csv, benchmark.json and benchmark.png (speed-up against identity bound) in `output`."""
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     records = [dict(asdict(r), fraction_of_bound=r.fraction_of_bound) for r in rows]
-    with open(output / 'benchmark.csv', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    (output / 'benchmark.json').write_text(json.dumps(records, indent=2))
-    written = [output / 'benchmark.csv', output / 'benchmark.json']
-    plot = _plot(rows, output / 'benchmark.png')
+    written = write_records(records, output, 'benchmark')
+    plot = _plot(rows, Path(output) / 'benchmark.png')
     return written + ([plot] if plot else [])
 
 

@@ -13,7 +13,6 @@ random routing) from generators seeded by (seed, epoch), so a resumed run trains
 """
 import argparse
 import ast
-import csv
 import hashlib
 import json
 import os
@@ -37,6 +36,7 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import AverageMeter, CheckpointSaver, accuracy, random_seed
 
 from ._builder import require_registered
+from ._output import write_records
 from .benchmark import BenchSetting, make_step, time_side_by_side
 from .mod import MoDBlock
 from .zoo import format_table, measure
@@ -472,15 +472,7 @@ def format_comparison(rows: Sequence[ComparisonRow], markdown: bool = False) -> 
 def write_comparison(rows: Sequence[ComparisonRow], output_dir: Path) -> List[Path]:
     """ compare.csv, compare.json and compare.png (top-1 against MACs and against measured time) in `output_dir`."""
     output_dir = Path(output_dir)
-    records = [asdict(r) for r in rows]
-    staging = output_dir / '.compare.csv.partial'
-    with open(staging, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    os.replace(staging, output_dir / 'compare.csv')
-    _write_json_atomically(output_dir / 'compare.json', records)
-    written = [output_dir / 'compare.csv', output_dir / 'compare.json']
+    written = write_records([asdict(r) for r in rows], output_dir, 'compare')
     plot = _plot(rows, output_dir / 'compare.png')
     return written + ([plot] if plot else [])
 
