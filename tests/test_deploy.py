@@ -5,9 +5,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import timm
+import torch.nn as nn
+from onnx import numpy_helper
 
 from timm_mod import MoDBlock
 from timm_mod.benchmark import BenchSetting
@@ -18,18 +21,46 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / 'timm-mod'
 
 @pytest.mark.parametrize('name, kwargs', [
     ('resnet50_mod', {}), ('mobilenetv2_mod', {}), ('resnet18_mod', {'fusion': 'last'}),
-    ('resnet18_mod', {'fusion': 'original'})])
+    ('resnet18_mod', {'fusion': 'original'}), ('mobilenetv2_mod', {'routing': 'random'})])
 def test_exported_mod_blocks_are_what_one_would_write_by_hand(tmp_path: Path, name: str, kwargs) -> None:
-    """ Per MoD block one TopK on the scores, one Gather of channel planes and one ScatterND of the fused planes:
-    no transposes, no element-wise gathers, no tie-key arithmetic."""
+    """ Per MoD block one TopK on the scores (none for random routing), one Gather of channel planes, and the
+    fusion as one more Conv whose constant weight puts plane j on channel j (first) or C - k + j (last), or, for
+    'original', one ScatterND at the gathered channels: no transposes, no element-wise gathers, no tie-key
+    arithmetic, no shape arithmetic building the weight at run time."""
     model = timm.create_model(name, **kwargs).eval()
-    mod_blocks = sum(isinstance(m, MoDBlock) for m in model.modules())
+    blocks = [m for m in model.modules() if isinstance(m, MoDBlock)]
     graph = onnx.load(str(export_onnx(model, tmp_path / 'm.onnx', (2, 3, 64, 64)))).graph
     ops = Counter(node.op_type for node in graph.node)
-    assert ops['TopK'] == mod_blocks
-    assert ops['ScatterND'] == mod_blocks and ops['Transpose'] == 0 and ops['ScatterElements'] == 0
-    assert ops['GatherElements'] == 0, 'the scores come out of TopK; nothing gathers element-wise'
-    assert ops['Gather'] >= mod_blocks and ops['Cast'] == 0
+    assert ops['TopK'] == (0 if kwargs.get('routing') == 'random' else len(blocks))
+    assert ops['Transpose'] == ops['ScatterElements'] == ops['GatherElements'] == ops['Cast'] == 0
+    assert ops['EyeLike'] == ops['Pad'] == ops['Shape'] == ops['ConstantOfShape'] == 0
+    assert ops['Gather'] >= len(blocks)
+    torch_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    fusion = kwargs.get('fusion', 'first')
+    if fusion == 'original':
+        assert ops['ScatterND'] == len(blocks) and ops['Conv'] == torch_convs
+        return
+    assert ops['ScatterND'] == 0 and ops['Conv'] == torch_convs + len(blocks)
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    conv_weights = [weights[node.input[1]] for node in graph.node if node.op_type == 'Conv']
+    placements = [w for w in conv_weights if _is_one_hot(w)]
+    assert len(placements) == len(blocks)
+    for found, block in zip(sorted(placements, key=np.shape), sorted(blocks, key=lambda b: (b.in_channels, b.k))):
+        np.testing.assert_array_equal(found, _placement(block.in_channels, block.k, fusion == 'last'))
+
+
+def _is_one_hot(weight: np.ndarray) -> bool:
+    return weight.ndim == 4 and weight.shape[2:] == (1, 1) and bool(np.isin(weight, (0.0, 1.0)).all()) \
+        and bool((weight.sum(0) == 1).all())
+
+
+def _placement(channels: int, k: int, into_last: bool) -> np.ndarray:
+    """ The fusion's weight written out by hand: output channel `offset + j` takes plane j."""
+    weight = np.zeros((channels, k, 1, 1), np.float32)
+    offset = channels - k if into_last else 0
+    for j in range(k):
+        weight[offset + j, j] = 1.0
+    return weight
 
 
 def test_runtime_benchmark_command_exports_checks_parity_and_times(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ The adapter knows nothing about model families. A family says where MoD goes and
 block (a `ModFamily`, declared in each family module); `apply_mod` builds every registered model and `to_mod`
 converts a plain one. `mod_every_second_block` does the same for a stage of a model of one's own.
 """
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type
@@ -218,18 +219,32 @@ def _fuse_by_concat(x: torch.Tensor, update: torch.Tensor, scores: Optional[torc
     return torch.cat(pieces, dim=1)
 
 
-def _fuse_by_scatter(x: torch.Tensor, update: torch.Tensor, scores: Optional[torch.Tensor], start: int
-                     ) -> torch.Tensor:
-    """ The fusion for exported graphs: the k fused channel planes written over `x` with one ScatterND indexed by
-    (sample, channel), no transposes. onnxruntime writes it into the buffer of `x` where nothing else reads
-    it: resnet50_mod at batch 16, 1 thread, 659 ms against 705 ms with slices and a Concat (identity bound 559
-    ms); OpenVINO 690 and 688 ms, the same."""
-    k = update.shape[1]
-    target = x.narrow(1, start, k)
-    fused = target + update if scores is None else torch.addcmul(target, update, scores)
-    samples = torch.arange(x.shape[0], device=x.device)[:, None]
-    channels = torch.arange(start, start + k, device=x.device)[None, :]
-    return x.index_put((samples, channels), fused)
+def _fixed_size(x: torch.Tensor, dim: int) -> int:
+    """ A dimension the model fixes (a channel count) as a plain int, also in a trace, where sizes are traced values
+    and a constant built from them would be computed in the exported graph (Shape, EyeLike, Pad, ...) at run time."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)  # a constant is what is wanted here
+        return int(x.shape[dim])
+
+
+def _fuse_by_conv(x: torch.Tensor, update: torch.Tensor, scores: Optional[torch.Tensor], into_last: bool
+                  ) -> torch.Tensor:
+    """ The fusion for exported graphs: `x` plus a 1x1 convolution that places the k scaled planes on the first
+    (or last) k channels with a constant one-hot weight (exact: each output sums one plane and zeros).
+
+    onnxruntime and OpenVINO fuse the add into the convolution and run it in their blocked or channels-last
+    layout, where a ScatterND or a Concat needs the map in plain NCHW, one more reorder of the whole map per block.
+    resnet50_mod at batch 16, 1 thread, side by side with its identity bound (AMD EPYC, 2 vCPUs): 94.7 % of the
+    bound's speed in onnxruntime against 92.7 % with a ScatterND and 90.4 % with a Concat; OpenVINO 94.1, 91.9
+    and 91.3 %. Its k x C multiply-adds per pixel are 0.9 % of the model's.
+    """
+    channels, k = _fixed_size(x, 1), _fixed_size(update, 1)
+    start = channels - k if into_last else 0
+    scaled = update if scores is None else update * scores
+    # padded last, from a (k, k, 1, 1) eye: exporters fold constants only from small inputs
+    eye = torch.eye(k, dtype=x.dtype, device=x.device).view(k, k, 1, 1)
+    placement = nn.functional.pad(eye, (0, 0, 0, 0, 0, 0, start, channels - start - k))
+    return x + nn.functional.conv2d(scaled, placement)
 
 
 def _fuse_functional(x: torch.Tensor, update: torch.Tensor, scores: Optional[torch.Tensor], start: int) -> torch.Tensor:
@@ -260,8 +275,8 @@ def fuse_channels(
 
     The other channels pass through and `x` is left as it was: it is the previous block's output, which forward
     hooks, Grad-CAM and feature extractors still hold. Each runtime gets the form it runs best, chosen here:
-    TorchScript a concat of slices (`_fuse_by_concat`), exporters one ScatterND of the fused planes
-    (`_fuse_by_scatter`; an in-place add on a channel slice exports as a ScatterND between three full-map
+    TorchScript a concat of slices (`_fuse_by_concat`), exporters an add of a 1x1 convolution with a one-hot
+    weight (`_fuse_by_conv`; an in-place add on a channel slice exports as a ScatterND between three full-map
     transposes, and the TorchScript-based ONNX exporter loses it altogether), compiled inference an out-of-place
     `index_add` that Inductor makes in place, eager PyTorch a copy of `x` and an add on its k channels
     (`_FuseChannels`, whose backward passes the gradient of `x` through without a copy). `in_place` adds into
@@ -278,7 +293,7 @@ def fuse_channels(
     if torch.jit.is_scripting():  # TorchScript cannot call an autograd.Function
         return _fuse_by_concat(x, update, scores, start)
     if _is_exporting():
-        return _fuse_by_scatter(x, update, scores, start)
+        return _fuse_by_conv(x, update, scores, into_last)
     if not torch.is_grad_enabled() and not x.requires_grad:
         if torch.compiler.is_compiling():
             return _fuse_functional(x, update, scores, start)
