@@ -2,7 +2,8 @@
 
 The exported MoD block is the graph the adapter writes for exporters (`timm_mod.mod.fuse_channels`): one TopK
 on the selector scores, one Gather of whole channel planes, and the fusion as an add of a 1x1 convolution with a
-constant one-hot weight, which both runtimes fuse and run in their own layout; no transposes. `timm-mod benchmark --mode onnxruntime openvino` times these sessions side by side.
+constant one-hot weight, which both runtimes fuse and run in their own layout; no transposes.
+`timm-mod benchmark --mode onnxruntime openvino` times these sessions side by side.
 """
 import contextlib
 import io
