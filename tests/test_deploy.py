@@ -13,7 +13,7 @@ import torch.nn as nn
 from onnx import numpy_helper
 
 from timm_mod import MoDBlock
-from timm_mod.benchmark import BenchSetting
+from timm_mod.benchmark import BenchSetting, profile_gap
 from timm_mod.deploy import export_onnx
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / 'timm-mod'
@@ -87,3 +87,15 @@ def test_runtime_benchmark_command_exports_checks_parity_and_times(tmp_path: Pat
 def test_runtime_settings_that_cannot_be_timed_are_refused(kwargs, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BenchSetting(**kwargs)
+
+
+@pytest.mark.parametrize('runtime', ['onnxruntime', 'openvino'])
+def test_runtime_profile_names_the_operators_only_mod_runs(runtime: str) -> None:
+    """ The runtimes' own profilers, by operator type of the graph they run: TopK and ReduceSum only in the MoD
+    model, the convolutions in both, sorted by the MoD model's extra time."""
+    gaps = profile_gap('resnet18_mod', BenchSetting(batch_size=1, threads=1, mode=runtime), steps=1, top=1000)
+    by_name = {gap.operator: gap for gap in gaps}
+    for operator in ('TopK', 'ReduceSum'):
+        assert by_name[operator].mod_ms > 0 and by_name[operator].identity_ms == 0, operator
+    assert by_name['Conv' if runtime == 'onnxruntime' else 'Convolution'].identity_ms > 0
+    assert [gap.extra_ms for gap in gaps] == sorted((gap.extra_ms for gap in gaps), reverse=True)

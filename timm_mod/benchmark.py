@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from ._builder import create_mod_model
 from ._output import write_records
-from .deploy import RUNTIMES, export_onnx, require_runtime, runtime_session
+from .deploy import RUNTIMES, export_onnx, require_runtime, runtime_operator_times, runtime_session
 from .mod import MoDBlock
 from .zoo import PAPER_MODELS, baseline_of, format_table, measure
 
@@ -425,37 +425,53 @@ def profile_gap(model_name: str, setting: BenchSetting, steps: int = 3, top: int
 
     Both run `steps` steps of `setting` under `torch.profiler`; an operator's time is its self time per step
     (CUDA kernel time on a GPU, CPU time otherwise), so what the MoD blocks add shows up by name: the
-    selector's reductions and matrix products, top-k, the gather and its backward, the fusion's copy.
+    selector's reductions and matrix products, top-k, the gather and its backward, the fusion's copy. In a
+    runtime mode the two exports run under that runtime's own profiler, by operator type of its optimised
+    graph, so the layout reorders it inserts around the MoD blocks show up too.
     """
-    from torch.profiler import ProfilerActivity, profile
-    on_cuda = torch.device(setting.device).type == 'cuda'
     torch.manual_seed(0)
     mod = create_mod_model(model_name)
-    per_step: Dict[str, Dict[str, float]] = {}
-    with cpu_threads(setting.threads):
-        for name, model in (('mod', mod), ('identity', identity_bound(mod))):
-            step = make_step(model, setting)
-            for _ in range(3):
-                step()
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
-            with profile(activities=activities) as prof:
-                for _ in range(steps):
-                    step()
-                if on_cuda:
-                    torch.cuda.synchronize()
-            per_step[name] = {
-                event.key: (event.self_device_time_total if on_cuda else event.self_cpu_time_total) / steps / 1e3
-                for event in prof.key_averages()}
+    models = {'mod': mod, 'identity': identity_bound(mod)}
+    if setting.mode in RUNTIMES:
+        x = benchmark_input(setting).numpy()
+        with tempfile.TemporaryDirectory() as export_dir:
+            per_step = {name: runtime_operator_times(export_onnx(model, Path(export_dir) / f'{name}.onnx', x.shape),
+                                                     setting.mode, setting.threads, x, steps)
+                        for name, model in models.items()}
+    else:
+        per_step = {name: _torch_operator_times(model, setting, steps) for name, model in models.items()}
     gaps = [OperatorGap(op, per_step['mod'].get(op, 0.0), per_step['identity'].get(op, 0.0))
             for op in set(per_step['mod']) | set(per_step['identity'])]
     return sorted(gaps, key=lambda gap: gap.extra_ms, reverse=True)[:top]
 
 
+def _torch_operator_times(model: nn.Module, setting: BenchSetting, steps: int) -> Dict[str, float]:
+    from torch.profiler import ProfilerActivity, profile
+    on_cuda = torch.device(setting.device).type == 'cuda'
+    with cpu_threads(setting.threads):
+        step = make_step(model, setting)
+        for _ in range(3):
+            step()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                step()
+            if on_cuda:
+                torch.cuda.synchronize()
+    return {event.key: (event.self_device_time_total if on_cuda else event.self_cpu_time_total) / steps / 1e3
+            for event in prof.key_averages()}
+
+
 def format_profile_gap(model_name: str, setting: BenchSetting, gaps: Sequence[OperatorGap],
                        markdown: bool = False) -> str:
-    clock = 'CUDA kernel' if torch.device(setting.device).type == 'cuda' else 'CPU'
+    if setting.mode in RUNTIMES:
+        clock = {'onnxruntime': "kernel time by operator type, ms per run, onnxruntime's profiler",
+                 'openvino': "time by node type, ms per run, OpenVINO's performance counters"}[setting.mode]
+    else:
+        clock = ('CUDA kernel' if torch.device(setting.device).type == 'cuda' else 'CPU') + \
+            ' self time, ms per step, torch.profiler'
     title = (f'{model_name} {setting.label}: operators where the MoD model spends more than its identity bound '
-             f'({clock} self time, ms per step, torch.profiler)')
+             f'({clock})')
     rows = [(gap.operator[:60], f'{gap.extra_ms:+.2f}', f'{gap.mod_ms:.2f}', f'{gap.identity_ms:.2f}') for gap in gaps]
     return title + '\n' + format_table(('operator', 'extra', 'MoD', 'identity bound'), rows, markdown=markdown)
 

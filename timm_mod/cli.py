@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                             '(eager CPU inference)')
     bench.add_argument('--profile', action='store_true',
                        help='after the table, the operators where each MoD model spends more than its identity '
-                            'bound (torch.profiler; kernel time on CUDA)')
+                            "bound (torch.profiler, kernel time on CUDA; in a runtime mode the runtime's profiler)")
     bench.add_argument('--markdown', action='store_true', help='print a Markdown table')
     bench.set_defaults(run=_benchmark)
 

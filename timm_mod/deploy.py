@@ -7,14 +7,17 @@ constant one-hot weight, which both runtimes fuse and run in their own layout; n
 """
 import contextlib
 import io
+import json
+import tempfile
+from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ['RUNTIMES', 'require_runtime', 'export_onnx', 'runtime_session']
+__all__ = ['RUNTIMES', 'require_runtime', 'export_onnx', 'runtime_session', 'runtime_operator_times']
 
 RUNTIMES = ('onnxruntime', 'openvino')
 
@@ -39,6 +42,25 @@ def export_onnx(model: nn.Module, path: Path, input_shape: Tuple[int, ...] = (1,
     return path
 
 
+def _onnxruntime_session(path: Path, threads: int, profile_dir: Optional[Path] = None):
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if profile_dir is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(profile_dir) / 'onnxruntime_profile')
+    return onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+
+
+def _openvino_request(path: Path, threads: int, bf16: bool = False, perf_count: bool = False):
+    import openvino
+    compiled = openvino.Core().compile_model(str(path), 'CPU', {
+        'INFERENCE_NUM_THREADS': threads, 'INFERENCE_PRECISION_HINT': 'bf16' if bf16 else 'f32',
+        'PERFORMANCE_HINT': 'LATENCY', 'PERF_COUNT': perf_count})
+    return compiled.create_infer_request()
+
+
 def runtime_session(path: Path, runtime: str, threads: int, bf16: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """ The exported model as a function of one input array, in `runtime` with `threads` CPU threads.
 
@@ -49,16 +71,35 @@ def runtime_session(path: Path, runtime: str, threads: int, bf16: bool = False) 
     if runtime == 'onnxruntime':
         if bf16:
             raise ValueError('onnxruntime has no bf16 CPU execution; drop --bf16 or use --mode openvino.')
-        import onnxruntime
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+        session = _onnxruntime_session(path, threads)
         input_name = session.get_inputs()[0].name
         return lambda x: session.run(None, {input_name: x})[0]
-    import openvino
-    compiled = openvino.Core().compile_model(str(path), 'CPU', {
-        'INFERENCE_NUM_THREADS': threads, 'INFERENCE_PRECISION_HINT': 'bf16' if bf16 else 'f32',
-        'PERFORMANCE_HINT': 'LATENCY'})
-    request = compiled.create_infer_request()
+    request = _openvino_request(path, threads, bf16)
     return lambda x: request.infer([x])[0]
+
+
+def runtime_operator_times(path: Path, runtime: str, threads: int, x: np.ndarray, steps: int = 3,
+                           warmup: int = 3) -> Dict[str, float]:
+    """ Milliseconds per run spent in each operator type of the runtime's own graph (after its fusions and the
+    layout reorders it inserts), from onnxruntime's profiler or OpenVINO's performance counters (float32)."""
+    require_runtime(runtime)
+    times: Dict[str, float] = defaultdict(float)
+    if runtime == 'onnxruntime':
+        with tempfile.TemporaryDirectory() as profile_dir:
+            session = _onnxruntime_session(path, threads, Path(profile_dir))
+            input_name = session.get_inputs()[0].name
+            for _ in range(warmup + steps):
+                session.run(None, {input_name: x})
+            events = json.loads(Path(session.end_profiling()).read_text())
+        kernel_events = [e for e in events if e.get('cat') == 'Node' and e['name'].endswith('_kernel_time')]
+        for event in kernel_events[len(kernel_events) * warmup // (warmup + steps):]:
+            times[event['args']['op_name']] += event['dur'] / 1e3 / steps
+        return dict(times)
+    request = _openvino_request(path, threads, perf_count=True)
+    for _ in range(warmup):
+        request.infer([x])
+    for _ in range(steps):
+        request.infer([x])
+        for node in request.get_profiling_info():
+            times[node.node_type] += node.real_time.total_seconds() * 1e3 / steps
+    return dict(times)
