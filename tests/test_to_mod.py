@@ -301,7 +301,6 @@ def test_bad_mod_arguments_are_value_errors_naming_the_choices(kwargs, message: 
             build()
 
 
-
 @pytest.mark.parametrize('plain_name, name', [('resnet18', 'resnet18_mod'), ('mobilenetv2_100', 'mobilenetv2_mod')])
 def test_to_mod_with_the_original_positions_fusion_is_the_registered_models_kwarg(plain_name: str, name: str) -> None:
     """ fusion='original' through `to_mod` and through `create_model(..., fusion=...)` (train.py's --model-kwargs)

@@ -8,6 +8,7 @@ back, by the next run instead of piling up.
 import csv
 import ctypes
 import ctypes.util
+import io
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Sequence
 
-__all__ = ['staged_output', 'exit_cleanly_on_sigterm', 'write_records']
+__all__ = ['staged_output', 'exit_cleanly_on_sigterm', 'write_text_whole', 'write_records']
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 
@@ -93,17 +94,22 @@ def exit_cleanly_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+def write_text_whole(path: Path, text: str) -> None:
+    """ `text` written beside `path` and swapped in, so readers see the old file or the new one, never half."""
+    staging = path.with_name(f'.{path.name}.partial')
+    staging.write_text(text, newline='')
+    os.replace(staging, path)
+
+
 def write_records(records: Sequence[Dict[str, Any]], output_dir: Path, stem: str) -> List[Path]:
     """ `stem`.csv and `stem`.json of one table's rows in `output_dir`, each written beside and swapped in whole."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    table = io.StringIO(newline='')
+    writer = csv.DictWriter(table, fieldnames=list(records[0]))
+    writer.writeheader()
+    writer.writerows(records)
     paths = [output_dir / f'{stem}.csv', output_dir / f'{stem}.json']
-    staging = [path.with_name(f'.{path.name}.partial') for path in paths]
-    with open(staging[0], 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    staging[1].write_text(json.dumps(list(records), indent=2))
-    for partial, path in zip(staging, paths):
-        os.replace(partial, path)
+    for path, text in zip(paths, (table.getvalue(), json.dumps(list(records), indent=2))):
+        write_text_whole(path, text)
     return paths

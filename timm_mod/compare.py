@@ -36,7 +36,7 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import AverageMeter, CheckpointSaver, accuracy, random_seed
 
 from ._builder import require_registered
-from ._output import write_records
+from ._output import write_records, write_text_whole
 from .benchmark import BenchSetting, make_step, time_side_by_side
 from .mod import MoDBlock
 from .zoo import format_table, measure
@@ -179,12 +179,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def _write_json_atomically(path: Path, record: Any) -> None:
-    staging = path.with_name(f'.{path.name}.partial')
-    staging.write_text(json.dumps(record, indent=2))
-    os.replace(staging, path)
-
-
 def _restore_saver(saver: CheckpointSaver, output_dir: Path) -> None:
     """ Give a resumed run's CheckpointSaver the history it had, so it keeps one checkpoint-N and the right best."""
     for path in sorted(output_dir.glob(f'{saver.save_prefix}-*{saver.extension}')):
@@ -320,7 +314,7 @@ def _check_study(output_dir: Path, record: Dict[str, Any]) -> None:
     path = output_dir / STUDY_FILE
     if not path.exists():
         output_dir.mkdir(parents=True, exist_ok=True)
-        _write_json_atomically(path, record)
+        write_text_whole(path, json.dumps(record, indent=2))
         return
     existing = json.loads(path.read_text())
     if existing.get('recipe_sha256') != record['recipe_sha256'] or existing.get('data_dir') != record['data_dir']:
@@ -391,7 +385,7 @@ def compare(
             continue
         result = train_and_evaluate(spec.model_name, train_args, data_dir, run_dir, epochs=epochs,
                                     model_kwargs=spec.kwargs, seed=seed, progress=progress, progress_prefix=prefix)
-        _write_json_atomically(run_dir / RESULT_FILE, result.to_json())
+        write_text_whole(run_dir / RESULT_FILE, json.dumps(result.to_json(), indent=2))
         results.append(result)
 
     rows = summarize_runs(specs, results)

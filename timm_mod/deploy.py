@@ -11,11 +11,15 @@ import json
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:  # imported where used: each runtime is an optional extra
+    import onnxruntime
+    import openvino
 
 __all__ = ['RUNTIMES', 'require_runtime', 'export_onnx', 'runtime_session', 'runtime_operator_times']
 
@@ -42,7 +46,8 @@ def export_onnx(model: nn.Module, path: Path, input_shape: Tuple[int, ...] = (1,
     return path
 
 
-def _onnxruntime_session(path: Path, threads: int, profile_dir: Optional[Path] = None):
+def _onnxruntime_session(path: Path, threads: int, profile_dir: Optional[Path] = None
+                         ) -> 'onnxruntime.InferenceSession':
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
@@ -53,7 +58,8 @@ def _onnxruntime_session(path: Path, threads: int, profile_dir: Optional[Path] =
     return onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
 
 
-def _openvino_request(path: Path, threads: int, bf16: bool = False, perf_count: bool = False):
+def _openvino_request(path: Path, threads: int, bf16: bool = False, perf_count: bool = False
+                      ) -> 'openvino.InferRequest':
     import openvino
     compiled = openvino.Core().compile_model(str(path), 'CPU', {
         'INFERENCE_NUM_THREADS': threads, 'INFERENCE_PRECISION_HINT': 'bf16' if bf16 else 'f32',
