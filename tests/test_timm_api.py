@@ -1,4 +1,7 @@
 """ The timm model contract on every MoD family: heads, features, checkpointing, export paths, weights."""
+from collections import Counter
+
+import onnx
 import pytest
 import timm
 import torch
@@ -319,6 +322,8 @@ def test_timm_onnx_export_matches_pytorch_in_onnxruntime_and_openvino(tmp_path, 
     path = tmp_path / 'model.onnx'
     onnx_export(model, str(path), example_input=input_away_from_ties(model, 2), check_forward=True,
                 use_dynamo=exporter == 'dynamo')
+    ops = Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+    assert ops['EyeLike'] == ops['Pad'] == 0, "the fusion's one-hot weight is a constant, not built at run time"
     session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     # f32: on CPUs with bf16 units OpenVINO computes in bf16 by default
     compiled = openvino.Core().compile_model(str(path), 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
