@@ -6,6 +6,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from timm_mod import MoDBlock
 from timm_mod.checkpoint import infer_num_classes, load_checkpoint_file, model_from_checkpoint
 
 
@@ -30,3 +31,17 @@ def test_unknown_model_and_missing_file_are_clear_errors(tmp_path: Path) -> None
         model_from_checkpoint('resnet18_modd', tmp_path / 'w.safetensors')
     with pytest.raises(FileNotFoundError, match='does not exist'):
         model_from_checkpoint('resnet18_mod', tmp_path / 'w.safetensors')
+
+
+def test_plain_model_checkpoint_loads_as_plain_or_refuses_as_mod(tmp_path: Path) -> None:
+    """ `timm-mod quantize` measures plain baselines as they are (convert_plain=False); built as MoD, the plain
+    weights are a named mismatch."""
+    plain = timm.create_model('resnet18', num_classes=10)
+    torch.save({'state_dict': plain.state_dict()}, tmp_path / 'plain.pth.tar')
+    model, _, _ = model_from_checkpoint('resnet18', tmp_path / 'plain.pth.tar', convert_plain=False)
+    assert type(model) is type(plain) and not any(isinstance(m, MoDBlock) for m in model.modules())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), plain.eval()(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match='a checkpoint of the plain model'):
+        model_from_checkpoint('resnet18', tmp_path / 'plain.pth.tar')

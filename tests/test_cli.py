@@ -46,6 +46,11 @@ def test_readme_model_table_is_what_the_code_measures() -> None:
     (['selection', '--model', 'resnet18_mod', '--max-per-class', '0', '--output', '{tmp}/s'],
      '--max-per-class must be at least 1, got 0'),
     (['selection', '--model', 'resnet18_mod', '--output', '{tmp}/file.txt'], 'is a file; give a folder'),
+    (['quantize', '--model', 'resnet18_mod', '--calibration-images', '0', '--output', '{tmp}/q'],
+     '--calibration-images must be at least 1, got 0'),
+    (['quantize', '--model', 'resnet18_mod', '--threads', '-1', '--output', '{tmp}/q'],
+     '--threads must be at least 0, got -1'),
+    (['quantize', '--model', 'resnet18_mod', '--output', '{tmp}/file.txt'], 'is a file; give a folder'),
     (['list', '--filter', 'resnet18'], "no model matches 'resnet18'"),
 ])
 def test_bad_arguments_are_one_line_errors_before_any_work(tmp_path: Path, arguments, message: str) -> None:

@@ -26,14 +26,14 @@ import torch.nn as nn
 
 from ._builder import create_mod_model
 from ._output import write_records
-from .deploy import RUNTIMES, export_onnx, require_runtime, runtime_operator_times, runtime_session
+from .deploy import RUNTIMES, export_onnx, quantize_int8, require_runtime, runtime_operator_times, runtime_session
 from .mod import MoDBlock
 from .zoo import PAPER_MODELS, baseline_of, format_table, measure
 
 __all__ = [
     'MODES', 'BenchSetting', 'settings_grid', 'check_device', 'BenchRow', 'device_name', 'identity_bound', 'make_step',
-    'benchmark_input', 'runtime_parity', 'time_side_by_side', 'run_benchmark', 'BENCH_COLUMNS', 'bench_columns',
-    'bench_table_rows', 'write_results', 'MoDTimeShare',
+    'benchmark_input', 'calibration_batches', 'runtime_parity', 'time_side_by_side', 'run_benchmark',
+    'BENCH_COLUMNS', 'bench_columns', 'bench_table_rows', 'write_results', 'MoDTimeShare',
     'check_time_share_setting', 'mod_time_share', 'time_shares', 'format_time_share', 'OperatorGap', 'profile_gap',
     'format_profile_gap',
 ]
@@ -54,6 +54,7 @@ class BenchSetting:
     channels_last: bool = False
     bf16: bool = False
     device: str = 'cpu'
+    int8: bool = False  # runtime modes: the exports quantized to int8 (`timm_mod.deploy.quantize_int8`)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -66,12 +67,17 @@ class BenchSetting:
                              f'layout; use --task inference --device cpu without --channels-last.')
         if self.mode == 'onnxruntime' and self.bf16:
             raise ValueError('onnxruntime has no bf16 CPU execution; drop --bf16 or use --mode openvino.')
+        if self.int8 and (self.mode not in RUNTIMES or self.bf16):
+            raise ValueError(f'--int8 quantizes the ONNX exports that --mode onnxruntime or openvino runs, in place of '
+                             f'float32 or bf16; use it with --mode onnxruntime openvino and without --bf16 '
+                             f'(got --mode {self.mode}{" --bf16" if self.bf16 else ""}).')
 
     @property
     def label(self) -> str:
         flags = [f'b{self.batch_size}', f'{self.threads}thr' if self.device == 'cpu' else self.device, self.task,
                  self.mode]
-        return ' '.join(flags + (['cl'] if self.channels_last else []) + (['bf16'] if self.bf16 else []))
+        return ' '.join(flags + (['cl'] if self.channels_last else []) + (['bf16'] if self.bf16 else [])
+                        + (['int8'] if self.int8 else []))
 
 
 def settings_grid(
@@ -82,6 +88,7 @@ def settings_grid(
         channels_last: bool = False,
         bf16: bool = False,
         device: str = 'cpu',
+        int8: bool = False,
 ) -> List[BenchSetting]:
     """ Every combination of task, mode, batch size and thread count (0 = all cores).
 
@@ -95,7 +102,7 @@ def settings_grid(
     if torch.device(device).type != 'cpu':
         threads = [max(threads)]
     return [BenchSetting(batch_size=batch_size, threads=count, task=task, mode=mode, channels_last=channels_last,
-                         bf16=bf16, device=device)
+                         bf16=bf16, device=device, int8=int8)
             for task, mode, batch_size, count in itertools.product(tasks, modes, batch_sizes, threads)]
 
 
@@ -202,9 +209,27 @@ def _runtime_forward(model: nn.Module, setting: BenchSetting, onnx_path: Optiona
                      ) -> Callable[[np.ndarray], np.ndarray]:
     if onnx_path is None:
         raise ValueError(f'--mode {setting.mode} runs an ONNX export: give make_step an onnx_path to export to.')
-    if not Path(onnx_path).exists():
+    return runtime_session(_runtime_export(model, setting, Path(onnx_path)), setting.mode, setting.threads,
+                           bf16=setting.bf16)
+
+
+def _runtime_export(model: nn.Module, setting: BenchSetting, onnx_path: Path) -> Path:
+    """ The model exported at `onnx_path` for the setting's batch (once), and its int8 version beside it for --int8."""
+    if not onnx_path.exists():
         export_onnx(model, onnx_path, tuple(benchmark_input(setting).shape))
-    return runtime_session(onnx_path, setting.mode, setting.threads, bf16=setting.bf16)
+    if not setting.int8:
+        return onnx_path
+    int8_path = onnx_path.with_name(f'{onnx_path.stem}_int8.onnx')
+    if not int8_path.exists():
+        quantize_int8(onnx_path, int8_path, calibration_batches(setting))
+    return int8_path
+
+
+def calibration_batches(setting: BenchSetting, count: int = 2) -> List[np.ndarray]:
+    """ Seeded random batches of the benchmark's shape to calibrate int8 ranges on: int8 kernels take the same time
+    whatever the ranges, so timing needs no real images (`timm-mod quantize` calibrates on real ones)."""
+    generator = torch.Generator().manual_seed(1)
+    return [torch.randn(tuple(benchmark_input(setting).shape), generator=generator).numpy() for _ in range(count)]
 
 
 def _runtime_step(run: Callable[[np.ndarray], np.ndarray], setting: BenchSetting) -> Callable[[], None]:
@@ -298,7 +323,7 @@ def _bench_row(model_name: str, cost: Tuple[int, float], setting: BenchSetting, 
     else:
         steps = {name: make_step(model, setting) for name, model in models.items()}
     for name in ('baseline', 'identity'):
-        if parity.get(name, 0.0) > 1e-3:
+        if parity.get(name, 0.0) > 1e-3 and not setting.int8:  # int8 logits differ from float32 ones by design
             raise RuntimeError(f'The {setting.mode} export of the {name} model of {model_name} differs from '
                                f'PyTorch by {parity[name]:.3g}: a runtime or exporter fault, not MoD.')
     times = time_side_by_side(steps, setting.threads, rounds=rounds, min_run_time=min_run_time)
@@ -435,7 +460,7 @@ def profile_gap(model_name: str, setting: BenchSetting, steps: int = 3, top: int
     if setting.mode in RUNTIMES:
         x = benchmark_input(setting).numpy()
         with tempfile.TemporaryDirectory() as export_dir:
-            per_step = {name: runtime_operator_times(export_onnx(model, Path(export_dir) / f'{name}.onnx', x.shape),
+            per_step = {name: runtime_operator_times(_runtime_export(model, setting, Path(export_dir) / f'{name}.onnx'),
                                                      setting.mode, setting.threads, x, steps)
                         for name, model in models.items()}
     else:

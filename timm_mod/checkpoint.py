@@ -77,11 +77,13 @@ def model_from_checkpoint(
         num_classes: Optional[int] = None,
         model_kwargs: Optional[Dict[str, Any]] = None,
         use_ema: bool = False,
+        convert_plain: bool = True,
 ) -> Tuple[nn.Module, Checkpoint, Dict[str, Any]]:
     """ The model the checkpoint was trained as, with its weights, the checkpoint, and the model arguments.
 
     Model arguments are train.py's `--model-kwargs` (recorded in the checkpoint) updated by `model_kwargs`;
-    `num_classes` defaults to the checkpoint's classifier. A checkpoint of another model name or another
+    `num_classes` defaults to the checkpoint's classifier. A plain timm model name is built as its MoD version
+    (`create_mod_model`) unless `convert_plain` is False. A checkpoint of another model name or another
     configuration is a clear error naming the difference.
     """
     require_registered(model_name)
@@ -93,7 +95,8 @@ def model_from_checkpoint(
     model_kwargs = {**(checkpoint.train_args.get('model_kwargs') or {}), **(model_kwargs or {})}
     if num_classes is None:
         num_classes = infer_num_classes(model_name, checkpoint.state_dict)
-    model = create_mod_model(model_name, num_classes=num_classes, **model_kwargs)
+    build = create_mod_model if convert_plain else timm.create_model
+    model = build(model_name, num_classes=num_classes, **model_kwargs)
     mismatch = describe_state_dict_mismatch(model, checkpoint.state_dict)
     if mismatch:
         raise ValueError(f'The weights in {checkpoint.path} do not fit {model_name!r} {model_kwargs or ""}: {mismatch}')

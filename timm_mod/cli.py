@@ -2,9 +2,12 @@
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from timm.utils import ParseKwargs
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 __all__ = ['main', 'build_parser']
 
@@ -89,7 +92,7 @@ def _benchmark(args: argparse.Namespace) -> None:
     from .zoo import format_table
     check_device(args.device)
     settings = settings_grid(args.batch_size, args.threads, args.task, args.mode, channels_last=args.channels_last,
-                             bf16=args.bf16, device=args.device)
+                             bf16=args.bf16, device=args.device, int8=args.int8)
     # the breakdown first: a setting it cannot time is refused before the long side-by-side timing
     shares = time_shares(args.models, settings) if args.breakdown else []
     rows = run_benchmark(args.models, settings, rounds=args.rounds, min_run_time=args.min_run_time)
@@ -109,6 +112,7 @@ def _benchmark(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .benchmark import MODES
+    from .deploy import RUNTIMES
     from .dense_quickstart import DEFAULT_DENSE_DIR
     from .quickstart import DEFAULT_DATA_DIR
     parser = argparse.ArgumentParser(prog='timm-mod', description='CNN Mixture-of-Depths models for timm.')
@@ -216,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "export in that runtime (pip install 'timm-mod[deploy]'), its parity with PyTorch checked")
     bench.add_argument('--channels-last', action='store_true')
     bench.add_argument('--bf16', action='store_true', help='bfloat16 autocast')
+    bench.add_argument('--int8', action='store_true',
+                       help='runtime modes: time the exports quantized to int8 (onnxruntime static quantization, '
+                            'QDQ, calibrated on random batches; the routing stays float32)')
     bench.add_argument('--device', default='cuda' if _cuda_available() else 'cpu')
     bench.add_argument('--rounds', type=int, default=5, help='interleaved rounds; the median is reported')
     bench.add_argument('--min-run-time', type=float, default=0.2, help='seconds per timing block')
@@ -231,20 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     selection = commands.add_parser(
         'selection', help='how often each channel is selected, per MoD block and class (paper Figure 4)')
-    selection.add_argument('--model', required=True, help='registered name, hf-hub:ORG/NAME or local-dir:PATH')
-    selection.add_argument('--checkpoint', type=Path, default=None, help='train.py checkpoint or .safetensors')
-    selection.add_argument('--num-classes', type=int, default=None, help="default: the checkpoint's classifier")
-    selection.add_argument('--data-dir', type=Path, default=None,
-                           help='ImageFolder root (default: the quickstart digits)')
-    selection.add_argument('--split', default='validation', help='split folder (default: validation)')
+    _add_trained_model_arguments(selection)
     selection.add_argument('--classes', nargs='+', default=None, help='class folder names to count (default: all)')
     selection.add_argument('--max-per-class', type=int, default=None, help='cap on samples per class')
-    selection.add_argument('--input-size', type=int, nargs=3, default=None, help="default: the run's or the model's")
-    selection.add_argument('--crop-pct', type=float, default=None)
-    selection.add_argument('--interpolation', default=None)
-    selection.add_argument('-b', '--batch-size', type=int, default=32)
     selection.add_argument('--output', type=Path, required=True, help='folder for selection.csv/.json and PNGs')
     selection.set_defaults(run=_selection)
+
+    quantize = commands.add_parser(
+        'quantize', help='int8 post-training quantization of a trained model: its ONNX export and the int8 version, '
+                         'scored beside PyTorch in onnxruntime and OpenVINO')
+    _add_trained_model_arguments(quantize)
+    quantize.add_argument('--calibration-split', default='train', help='split to calibrate on (default: train)')
+    quantize.add_argument('--calibration-images', type=int, default=256, help='images to calibrate on (default: 256)')
+    quantize.add_argument('--runtime', nargs='+', choices=RUNTIMES, default=list(RUNTIMES))
+    quantize.add_argument('--threads', type=int, default=0, help='runtime CPU threads; 0 = all cores')
+    quantize.add_argument('--output', type=Path, required=True,
+                          help='folder for model.onnx, model_int8.onnx and accuracy.json')
+    quantize.set_defaults(run=_quantize)
 
     digits = commands.add_parser(
         'digits', help="write sklearn's digits as an ImageFolder for train.py and print its path")
@@ -253,17 +263,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _selection(args: argparse.Namespace) -> None:
+def _add_trained_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """ A trained model and the ImageFolder to run it on, with its preprocessing (selection, quantize)."""
+    parser.add_argument('--model', required=True, help='registered name, hf-hub:ORG/NAME or local-dir:PATH')
+    parser.add_argument('--checkpoint', type=Path, default=None, help='train.py checkpoint or .safetensors')
+    parser.add_argument('--num-classes', type=int, default=None, help="default: the checkpoint's classifier")
+    parser.add_argument('--data-dir', type=Path, default=None, help='ImageFolder root (default: the quickstart digits)')
+    parser.add_argument('--split', default='validation', help='split folder (default: validation)')
+    parser.add_argument('--input-size', type=int, nargs=3, default=None, help="default: the run's or the model's")
+    parser.add_argument('--crop-pct', type=float, default=None)
+    parser.add_argument('--interpolation', default=None)
+    parser.add_argument('-b', '--batch-size', type=int, default=32)
+
+
+def _trained_model_and_data(args: argparse.Namespace, convert_plain: bool = True
+                            ) -> Tuple['nn.Module', Path, Dict[str, Any]]:
+    """ The model, its data folder and the preprocessing its training run used (overridden by the arguments);
+    a plain timm model becomes its MoD version unless `convert_plain` is False."""
     from timm.data import resolve_data_config
     from .quickstart import DEFAULT_DATA_DIR, write_digits
-    from .selection import check_output_folder, count_selections, load_model, summarize, write_selection
-    from .zoo import format_table
-    check_output_folder(args.output)
-    model, train_args = load_model(args.model, args.checkpoint, args.num_classes)
+    from .selection import load_model
+    model, train_args = load_model(args.model, args.checkpoint, args.num_classes, convert_plain=convert_plain)
     data_dir = args.data_dir or write_digits(DEFAULT_DATA_DIR)
     overrides = {key: value for key, value in (('input_size', args.input_size), ('crop_pct', args.crop_pct),
                                                  ('interpolation', args.interpolation)) if value is not None}
-    data_config = resolve_data_config({**train_args, **overrides}, model=model)
+    return model, data_dir, resolve_data_config({**train_args, **overrides}, model=model)
+
+
+def _quantize(args: argparse.Namespace) -> None:
+    from .deploy import ACCURACY_COLUMNS, accuracy_table_rows, check_accuracy_options, int8_accuracy, require_runtime
+    from .selection import check_output_folder
+    from .zoo import format_table
+    check_output_folder(args.output)
+    check_accuracy_options(args.calibration_images, args.batch_size, args.threads)
+    for runtime in args.runtime:
+        require_runtime(runtime)
+    model, data_dir, data_config = _trained_model_and_data(args, convert_plain=False)  # plain models as they are
+    rows = int8_accuracy(
+        model, data_dir, data_config, args.output, runtimes=tuple(args.runtime), split=args.split,
+        calibration_split=args.calibration_split, calibration_images=args.calibration_images,
+        batch_size=args.batch_size, threads=args.threads)
+    print(args.output, file=sys.stderr)
+    print(format_table(ACCURACY_COLUMNS, accuracy_table_rows(rows)))
+
+
+def _selection(args: argparse.Namespace) -> None:
+    from .selection import check_output_folder, count_selections, summarize, write_selection
+    from .zoo import format_table
+    check_output_folder(args.output)
+    model, data_dir, data_config = _trained_model_and_data(args)
     selection = count_selections(
         model, data_dir, args.split, classes=args.classes, max_per_class=args.max_per_class,
         batch_size=args.batch_size, data_config=data_config)

@@ -3,25 +3,35 @@
 The exported MoD block is the graph the adapter writes for exporters (`timm_mod.mod.fuse_channels`): one TopK
 on the selector scores, one Gather of whole channel planes, and the fusion as an add of a 1x1 convolution with a
 constant one-hot weight, which both runtimes fuse and run in their own layout; no transposes.
-`timm-mod benchmark --mode onnxruntime openvino` times these sessions side by side.
+`timm-mod benchmark --mode onnxruntime openvino` times these sessions side by side, `--int8` their int8 versions
+(`quantize_int8`), and `timm-mod quantize` measures what int8 costs a trained model in accuracy.
 """
 import contextlib
 import io
 import json
+import logging
+import os
+import sys
 import tempfile
 from collections import defaultdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 if TYPE_CHECKING:  # imported where used: each runtime is an optional extra
+    import onnx
     import onnxruntime
     import openvino
 
-__all__ = ['RUNTIMES', 'require_runtime', 'export_onnx', 'runtime_session', 'runtime_operator_times']
+__all__ = [
+    'RUNTIMES', 'require_runtime', 'export_onnx', 'runtime_session', 'runtime_operator_times', 'routing_nodes',
+    'quantize_int8', 'AccuracyRow', 'check_accuracy_options', 'int8_accuracy', 'ACCURACY_COLUMNS',
+    'accuracy_table_rows',
+]
 
 RUNTIMES = ('onnxruntime', 'openvino')
 
@@ -38,11 +48,15 @@ def require_runtime(runtime: str) -> None:
         raise ImportError(f'{runtime} needs {", ".join(missing)}: pip install "timm-mod[deploy]".')
 
 
-def export_onnx(model: nn.Module, path: Path, input_shape: Tuple[int, ...] = (1, 3, 224, 224)) -> Path:
-    """ `torch.onnx.export(dynamo=True)` of the model in eval mode at a fixed input shape, without its log."""
+def export_onnx(model: nn.Module, path: Path, input_shape: Tuple[int, ...] = (1, 3, 224, 224),
+                dynamic_batch: bool = False) -> Path:
+    """ `torch.onnx.export(dynamo=True)` of the model in eval mode at a fixed input shape (any batch size with
+    `dynamic_batch`), without its log, as one file (weights inside, not in a `.data` file beside it)."""
     path = Path(path)
+    dynamic_shapes = ({0: torch.export.Dim('batch', min=1)},) if dynamic_batch else None
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-        torch.onnx.export(model.eval(), (torch.randn(*input_shape),), str(path), dynamo=True)
+        torch.onnx.export(model.eval(), (torch.randn(*input_shape),), str(path), dynamo=True,
+                          dynamic_shapes=dynamic_shapes, external_data=False)
     return path
 
 
@@ -109,3 +123,170 @@ def runtime_operator_times(path: Path, runtime: str, threads: int, x: np.ndarray
         for node in request.get_profiling_info():
             times[node.node_type] += node.real_time.total_seconds() * 1e3 / steps
     return dict(times)
+
+
+def routing_nodes(model: 'onnx.ModelProto') -> List[str]:
+    """ Names of the nodes that compute MoD's routing scores: from each TopK back to the selector's pooling.
+
+    Rounded to int8, sigmoid scores that differ by less than a quantization step become equal, and TopK then takes
+    the lower channel: other channels than the float model's. These few small nodes (pool, two Gemms, ReLU,
+    sigmoid) are what `quantize_int8` keeps in float32.
+    """
+    producers = {output: node for node in model.graph.node for output in node.output}
+    found: Dict[str, None] = {}  # ordered set
+    pending = [node.input[0] for node in model.graph.node if node.op_type == 'TopK']
+    while pending:
+        node = producers.get(pending.pop())
+        if node is None or node.name in found:
+            continue
+        found[node.name] = None
+        if node.op_type not in ('ReduceMean', 'ReduceSum', 'GlobalAveragePool'):  # the pooling reads the map
+            pending.extend(node.input)
+    return list(found)
+
+
+class _Batches:
+    """ onnxruntime's calibration reader over arrays (its `CalibrationDataReader` protocol: `get_next`)."""
+
+    def __init__(self, input_name: str, batches: Iterable[np.ndarray]) -> None:
+        self._feeds = ({input_name: np.ascontiguousarray(batch, np.float32)} for batch in batches)
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        return next(self._feeds, None)
+
+
+class _PreprocessingAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return 'pre-processing' not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice() -> Iterator[None]:
+    """ quantize_static logs advice to run its pre-processing (shape inference, batch-norm folding) on every call;
+    the dynamo export is already shape-annotated with its batch norms folded, so the advice is dropped."""
+    advice = _PreprocessingAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(advice)
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Iterable[np.ndarray]) -> Path:
+    """ onnxruntime's static post-training quantization of an export: int8 weights per output channel and int8
+    activations whose ranges (MinMax) come from the `calibration` batches, as QuantizeLinear / DequantizeLinear
+    pairs (QDQ), which onnxruntime and OpenVINO both run with int8 kernels. MoD's routing stays float32
+    (`routing_nodes`). The file is written beside `int8_path` and swapped in whole.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from ._output import staged_output
+    require_runtime('onnxruntime')
+    model = onnx.load(str(fp32_path))
+    with staged_output(Path(int8_path)) as staged, _without_preprocessing_advice():
+        quantize_static(
+            model, staged, _Batches(model.graph.input[0].name, calibration), quant_format=QuantFormat.QDQ,
+            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=routing_nodes(model))
+    return Path(int8_path)
+
+
+@dataclass(frozen=True)
+class AccuracyRow:
+    """ Top-1 of one form of a trained model on a held-out split, in %, and how often it agrees with PyTorch."""
+    precision: str  # 'float32' or 'int8'
+    runtime: str  # 'PyTorch', 'onnxruntime' or 'openvino'
+    top1: float
+    agreement: float  # images whose predicted class is PyTorch's, in %
+    max_abs_diff: float  # largest |logit| difference from PyTorch
+    images: int
+
+
+ACCURACY_COLUMNS = ('precision', 'runtime', 'top-1 (%)', 'same class as PyTorch (%)', 'max abs logit diff', 'images')
+
+
+def accuracy_table_rows(rows: List[AccuracyRow]) -> List[Tuple[str, ...]]:
+    return [(r.precision, r.runtime, f'{r.top1:.2f}', f'{r.agreement:.2f}', f'{r.max_abs_diff:.3g}', str(r.images))
+            for r in rows]
+
+
+def _split_loader(data_dir: Path, split: str, data_config: Dict, batch_size: int, limit: Optional[int] = None
+                  ) -> 'torch.utils.data.DataLoader':
+    """ An ImageFolder split through timm's eval transform; `limit` takes that many images spread over the classes
+    (a seeded shuffle), for calibration."""
+    from timm.data import create_dataset, create_transform
+    from .compare import check_image_folder
+    check_image_folder(data_dir, split)
+    dataset = create_dataset('', root=str(data_dir), split=split)
+    dataset.transform = create_transform(**data_config)
+    if limit is not None:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit]
+        dataset = torch.utils.data.Subset(dataset, order.tolist())
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+
+
+def check_accuracy_options(calibration_images: int, batch_size: int, threads: int) -> None:
+    """ A clear error for counts `int8_accuracy` cannot use, before anything is loaded or exported."""
+    for name, value, least in (('--calibration-images', calibration_images, 1), ('--batch-size', batch_size, 1),
+                               ('--threads', threads, 0)):
+        if value < least:
+            raise ValueError(f'{name} must be at least {least}, got {value}.')
+
+
+def int8_accuracy(
+        model: nn.Module,
+        data_dir: Path,
+        data_config: Dict,
+        output_dir: Path,
+        runtimes: Tuple[str, ...] = RUNTIMES,
+        split: str = 'validation',
+        calibration_split: str = 'train',
+        calibration_images: int = 256,
+        batch_size: int = 32,
+        threads: int = 0,
+        progress: bool = True,
+) -> List[AccuracyRow]:
+    """ What int8 costs a trained model: its ONNX export (any batch size) and that export quantized with
+    `quantize_int8`, calibrated on `calibration_images` images of the training split, scored beside PyTorch on
+    the held-out split in each runtime. `output_dir` receives model.onnx, model_int8.onnx and accuracy.json,
+    written beside it and swapped in whole.
+    """
+    from ._output import staged_output
+    check_accuracy_options(calibration_images, batch_size, threads)
+    for runtime in runtimes:
+        require_runtime(runtime)
+    calibration = _split_loader(data_dir, calibration_split, data_config, batch_size, limit=calibration_images)
+    held_out = _split_loader(data_dir, split, data_config, batch_size)
+    model = model.eval()
+    with staged_output(Path(output_dir)) as staged:
+        staged.mkdir()
+        fp32_path = export_onnx(model, staged / 'model.onnx', (batch_size, *data_config['input_size']),
+                                dynamic_batch=True)
+        if progress:
+            print(f'exported {fp32_path.name}; calibrating int8 ranges on {len(calibration.dataset)} '
+                  f'{calibration_split} images', file=sys.stderr, flush=True)
+        int8_path = quantize_int8(fp32_path, staged / 'model_int8.onnx',
+                                  (images.numpy() for images, _ in calibration))
+        sessions = {(precision, runtime): runtime_session(path, runtime, threads or (os.cpu_count() or 1))
+                    for precision, path in (('float32', fp32_path), ('int8', int8_path)) for runtime in runtimes}
+        correct = defaultdict(int)
+        agree = defaultdict(int)
+        max_diff: Dict[Tuple[str, str], float] = defaultdict(float)
+        seen = 0
+        for batch_index, (images, targets) in enumerate(held_out, 1):
+            with torch.no_grad():
+                expected = model(images).numpy()
+            outputs = {('float32', 'PyTorch'): expected}
+            outputs.update({key: np.asarray(run(images.numpy())) for key, run in sessions.items()})
+            for key, logits in outputs.items():
+                predicted = logits.argmax(1)
+                correct[key] += int((predicted == targets.numpy()).sum())
+                agree[key] += int((predicted == expected.argmax(1)).sum())
+                max_diff[key] = max(max_diff[key], float(np.abs(logits - expected).max()))
+            seen += len(targets)
+            if progress and (batch_index % 20 == 0 or seen == len(held_out.dataset)):
+                print(f'scored {seen}/{len(held_out.dataset)} {split} images', file=sys.stderr, flush=True)
+        rows = [AccuracyRow(*key, 100 * correct[key] / seen, 100 * agree[key] / seen, max_diff[key], seen)
+                for key in correct]
+        (staged / 'accuracy.json').write_text(json.dumps([asdict(row) for row in rows], indent=2) + '\n')
+    return rows

@@ -55,15 +55,18 @@ class BlockSummary:
     class_overlap: float  # mean Jaccard overlap of the per-class top-k channel sets, over class pairs
 
 
-def load_model(model_name: str, checkpoint: Optional[Path] = None, num_classes: Optional[int] = None):
-    """ A model to analyse (registered name, a plain timm name converted by `to_mod`, `hf-hub:` or `local-dir:`),
-    and train.py's args for its data."""
+def load_model(model_name: str, checkpoint: Optional[Path] = None, num_classes: Optional[int] = None,
+               convert_plain: bool = True):
+    """ A model to analyse (registered name, a plain timm name converted by `to_mod` unless `convert_plain` is
+    False, `hf-hub:` or `local-dir:`), and train.py's args for its data."""
     from .checkpoint import model_from_checkpoint
     if model_name.split(':')[0] in ('hf-hub', 'local-dir'):
         return timm.create_model(model_name, pretrained=True).eval(), {}
     if checkpoint is None:
-        return create_mod_model(model_name, num_classes=num_classes or 1000).eval(), {}
-    model, weights, _ = model_from_checkpoint(model_name, checkpoint, num_classes=num_classes)
+        build = create_mod_model if convert_plain else timm.create_model
+        return build(model_name, num_classes=num_classes or 1000).eval(), {}
+    model, weights, _ = model_from_checkpoint(model_name, checkpoint, num_classes=num_classes,
+                                              convert_plain=convert_plain)
     return model.eval(), weights.train_args
 
 
@@ -161,7 +164,7 @@ def check_output_folder(output: Path) -> Path:
     """ The output folder, or a clear error before any counting when the path is a file."""
     output = Path(output)
     if output.exists() and not output.is_dir():
-        raise ValueError(f'--output {output} is a file; give a folder for selection.csv, .json and the figures.')
+        raise ValueError(f'--output {output} is a file; give a folder for the results.')
     return output
 
 
