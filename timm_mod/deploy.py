@@ -87,15 +87,22 @@ def runtime_session(path: Path, runtime: str, threads: int, bf16: bool = False) 
     OpenVINO computes in float32 unless `bf16` (its default on CPUs with bf16 units is bf16, which would compare
     precisions rather than models); onnxruntime has no bf16 CPU path.
     """
+    run = _runtime_outputs(path, runtime, threads, bf16)
+    return lambda x: run(x)[0]
+
+
+def _runtime_outputs(path: Path, runtime: str, threads: int, bf16: bool = False
+                     ) -> Callable[[np.ndarray], List[np.ndarray]]:
+    """ `runtime_session` returning every output of the graph, in order."""
     require_runtime(runtime)
     if runtime == 'onnxruntime':
         if bf16:
             raise ValueError('onnxruntime has no bf16 CPU execution; drop --bf16 or use --mode openvino.')
         session = _onnxruntime_session(path, threads)
         input_name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {input_name: x})[0]
+        return lambda x: session.run(None, {input_name: x})
     request = _openvino_request(path, threads, bf16)
-    return lambda x: request.infer([x])[0]
+    return lambda x: list(request.infer([x]).to_tuple())
 
 
 def runtime_operator_times(path: Path, runtime: str, threads: int, x: np.ndarray, steps: int = 3,
@@ -143,6 +150,41 @@ def routing_nodes(model: 'onnx.ModelProto') -> List[str]:
         if node.op_type not in ('ReduceMean', 'ReduceSum', 'GlobalAveragePool'):  # the pooling reads the map
             pending.extend(node.input)
     return list(found)
+
+
+def _with_routing_outputs(path: Path, routed_path: Path) -> int:
+    """ A copy of an export that also outputs the channels each TopK routes, for comparing routings; the number of
+    TopKs (MoD blocks with a selector, in execution order)."""
+    import onnx
+    model = onnx.load(str(path))
+    top_ks = [node for node in model.graph.node if node.op_type == 'TopK']
+    for node in top_ks:
+        model.graph.output.append(onnx.helper.make_tensor_value_info(node.output[1], onnx.TensorProto.INT64, None))
+    onnx.save(model, str(routed_path))
+    return len(top_ks)
+
+
+@contextlib.contextmanager
+def _pytorch_routing(model: nn.Module) -> Iterator[List[torch.Tensor]]:
+    """ The channels each selector of `model` routes in the forward passes run inside the block (forward hooks,
+    model unchanged), one (B, k) tensor per MoD block with a selector, in execution order, for the latest pass."""
+    from .mod import MoDBlock, top_k_channels
+    routed: List[torch.Tensor] = []
+
+    def hook(block: MoDBlock):
+        def record(_module: nn.Module, _inputs, scores: torch.Tensor) -> None:
+            if block is first:
+                routed.clear()
+            routed.append(top_k_channels(scores, block.k)[1])
+        return record
+    blocks = [m for m in model.modules() if isinstance(m, MoDBlock) and m.selector is not None]
+    first = blocks[0] if blocks else None
+    handles = [block.selector.register_forward_hook(hook(block)) for block in blocks]
+    try:
+        yield routed
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class _Batches:
@@ -200,13 +242,16 @@ class AccuracyRow:
     agreement: float  # images whose predicted class is PyTorch's, in %
     max_abs_diff: float  # largest |logit| difference from PyTorch
     images: int
+    same_routing: Optional[float]  # (image, MoD block) pairs routed to PyTorch's channels, in %; None: no selectors
 
 
-ACCURACY_COLUMNS = ('precision', 'runtime', 'top-1 (%)', 'same class as PyTorch (%)', 'max abs logit diff', 'images')
+ACCURACY_COLUMNS = ('precision', 'runtime', 'top-1 (%)', 'same class as PyTorch (%)', 'same routing as PyTorch (%)',
+                    'max abs logit diff', 'images')
 
 
 def accuracy_table_rows(rows: List[AccuracyRow]) -> List[Tuple[str, ...]]:
-    return [(r.precision, r.runtime, f'{r.top1:.2f}', f'{r.agreement:.2f}', f'{r.max_abs_diff:.3g}', str(r.images))
+    return [(r.precision, r.runtime, f'{r.top1:.2f}', f'{r.agreement:.2f}',
+             '-' if r.same_routing is None else f'{r.same_routing:.2f}', f'{r.max_abs_diff:.3g}', str(r.images))
             for r in rows]
 
 
@@ -267,26 +312,45 @@ def int8_accuracy(
                   f'{calibration_split} images', file=sys.stderr, flush=True)
         int8_path = quantize_int8(fp32_path, staged / 'model_int8.onnx',
                                   (images.numpy() for images, _ in calibration))
-        sessions = {(precision, runtime): runtime_session(path, runtime, threads or (os.cpu_count() or 1))
-                    for precision, path in (('float32', fp32_path), ('int8', int8_path)) for runtime in runtimes}
-        correct = defaultdict(int)
-        agree = defaultdict(int)
-        max_diff: Dict[Tuple[str, str], float] = defaultdict(float)
-        seen = 0
-        for batch_index, (images, targets) in enumerate(held_out, 1):
-            with torch.no_grad():
-                expected = model(images).numpy()
-            outputs = {('float32', 'PyTorch'): expected}
-            outputs.update({key: np.asarray(run(images.numpy())) for key, run in sessions.items()})
-            for key, logits in outputs.items():
-                predicted = logits.argmax(1)
-                correct[key] += int((predicted == targets.numpy()).sum())
-                agree[key] += int((predicted == expected.argmax(1)).sum())
-                max_diff[key] = max(max_diff[key], float(np.abs(logits - expected).max()))
-            seen += len(targets)
-            if progress and (batch_index % 20 == 0 or seen == len(held_out.dataset)):
-                print(f'scored {seen}/{len(held_out.dataset)} {split} images', file=sys.stderr, flush=True)
-        rows = [AccuracyRow(*key, 100 * correct[key] / seen, 100 * agree[key] / seen, max_diff[key], seen)
-                for key in correct]
+        rows = _score(model, held_out, {'float32': fp32_path, 'int8': int8_path}, runtimes,
+                      threads or (os.cpu_count() or 1), progress)
         (staged / 'accuracy.json').write_text(json.dumps([asdict(row) for row in rows], indent=2) + '\n')
     return rows
+
+
+def _score(model: nn.Module, loader: 'torch.utils.data.DataLoader', exports: Dict[str, Path],
+           runtimes: Tuple[str, ...], threads: int, progress: bool) -> List[AccuracyRow]:
+    """ Top-1, agreement with PyTorch's class and routing, and logit distance of PyTorch and of each export in
+    each runtime, over `loader`. The routings are read from copies of the exports that also output each TopK's
+    channels (the files themselves stay as they are)."""
+    with tempfile.TemporaryDirectory() as routed_dir, _pytorch_routing(model) as pytorch_routing:
+        sessions = {}
+        for precision, path in exports.items():
+            routed_path = Path(routed_dir) / f'{precision}.onnx'
+            top_ks = _with_routing_outputs(path, routed_path)
+            for runtime in runtimes:
+                sessions[precision, runtime] = _runtime_outputs(routed_path, runtime, threads)
+        correct: Dict[Tuple[str, str], int] = defaultdict(int)
+        agree: Dict[Tuple[str, str], int] = defaultdict(int)
+        same_routing: Dict[Tuple[str, str], int] = defaultdict(int)
+        max_diff: Dict[Tuple[str, str], float] = defaultdict(float)
+        seen = 0
+        for batch_index, (images, targets) in enumerate(loader, 1):
+            with torch.no_grad():
+                expected = model(images).numpy()
+            routed = [np.sort(indices.numpy(), 1) for indices in pytorch_routing]
+            outputs = {('float32', 'PyTorch'): [expected, *routed]}
+            outputs.update({key: run(images.numpy()) for key, run in sessions.items()})
+            for key, (logits, *routing) in outputs.items():
+                predicted = np.asarray(logits).argmax(1)
+                correct[key] += int((predicted == targets.numpy()).sum())
+                agree[key] += int((predicted == expected.argmax(1)).sum())
+                same_routing[key] += sum(int((np.sort(mine, 1) == theirs).all(1).sum())
+                                         for mine, theirs in zip(routing, routed))
+                max_diff[key] = max(max_diff[key], float(np.abs(logits - expected).max()))
+            seen += len(targets)
+            if progress and (batch_index % 20 == 0 or seen == len(loader.dataset)):
+                print(f'scored {seen}/{len(loader.dataset)} images', file=sys.stderr, flush=True)
+    return [AccuracyRow(*key, 100 * correct[key] / seen, 100 * agree[key] / seen, max_diff[key], seen,
+                        100 * same_routing[key] / (seen * top_ks) if top_ks else None)
+            for key in correct]
