@@ -228,8 +228,8 @@ def _runtime_export(model: nn.Module, setting: BenchSetting, onnx_path: Path) ->
 def calibration_batches(setting: BenchSetting, count: int = 2) -> List[np.ndarray]:
     """ Seeded random batches of the benchmark's shape to calibrate int8 ranges on: int8 kernels take the same time
     whatever the ranges, so timing needs no real images (`timm-mod quantize` calibrates on real ones)."""
-    generator = torch.Generator().manual_seed(1)
-    return [torch.randn(tuple(benchmark_input(setting).shape), generator=generator).numpy() for _ in range(count)]
+    shape, generator = benchmark_input(setting).shape, torch.Generator().manual_seed(1)
+    return [torch.randn(shape, generator=generator).numpy() for _ in range(count)]
 
 
 def _runtime_step(run: Callable[[np.ndarray], np.ndarray], setting: BenchSetting) -> Callable[[], None]:

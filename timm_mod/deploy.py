@@ -164,29 +164,6 @@ def _with_routing_outputs(path: Path, routed_path: Path) -> int:
     return len(top_ks)
 
 
-@contextlib.contextmanager
-def _pytorch_routing(model: nn.Module) -> Iterator[List[torch.Tensor]]:
-    """ The channels each selector of `model` routes in the forward passes run inside the block (forward hooks,
-    model unchanged), one (B, k) tensor per MoD block with a selector, in execution order, for the latest pass."""
-    from .mod import MoDBlock, top_k_channels
-    routed: List[torch.Tensor] = []
-
-    def hook(block: MoDBlock):
-        def record(_module: nn.Module, _inputs, scores: torch.Tensor) -> None:
-            if block is first:
-                routed.clear()
-            routed.append(top_k_channels(scores, block.k)[1])
-        return record
-    blocks = [m for m in model.modules() if isinstance(m, MoDBlock) and m.selector is not None]
-    first = blocks[0] if blocks else None
-    handles = [block.selector.register_forward_hook(hook(block)) for block in blocks]
-    try:
-        yield routed
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 class _Batches:
     """ onnxruntime's calibration reader over arrays (its `CalibrationDataReader` protocol: `get_next`)."""
 
@@ -323,11 +300,17 @@ def _score(model: nn.Module, loader: 'torch.utils.data.DataLoader', exports: Dic
     """ Top-1, agreement with PyTorch's class and routing, and logit distance of PyTorch and of each export in
     each runtime, over `loader`. The routings are read from copies of the exports that also output each TopK's
     channels (the files themselves stay as they are)."""
-    with tempfile.TemporaryDirectory() as routed_dir, _pytorch_routing(model) as pytorch_routing:
+    from .selection import routing_hooks, selector_blocks
+    blocks = selector_blocks(model)
+    pytorch_routing: Dict[str, torch.Tensor] = {}  # the latest forward pass's channels, by block
+    with tempfile.TemporaryDirectory() as routed_dir, routing_hooks(blocks, pytorch_routing.__setitem__):
         sessions = {}
         for precision, path in exports.items():
             routed_path = Path(routed_dir) / f'{precision}.onnx'
             top_ks = _with_routing_outputs(path, routed_path)
+            if top_ks != len(blocks):
+                raise RuntimeError(f'{path.name} has {top_ks} TopK nodes for the model\'s {len(blocks)} selectors: '
+                                   f'an export that does not route as the model, so routings cannot be compared.')
             for runtime in runtimes:
                 sessions[precision, runtime] = _runtime_outputs(routed_path, runtime, threads)
         correct: Dict[Tuple[str, str], int] = defaultdict(int)
@@ -338,7 +321,7 @@ def _score(model: nn.Module, loader: 'torch.utils.data.DataLoader', exports: Dic
         for batch_index, (images, targets) in enumerate(loader, 1):
             with torch.no_grad():
                 expected = model(images).numpy()
-            routed = [np.sort(indices.numpy(), 1) for indices in pytorch_routing]
+            routed = [np.sort(pytorch_routing[name].numpy(), 1) for name in blocks]
             outputs = {('float32', 'PyTorch'): [expected, *routed]}
             outputs.update({key: run(images.numpy()) for key, run in sessions.items()})
             for key, (logits, *routing) in outputs.items():
@@ -352,5 +335,5 @@ def _score(model: nn.Module, loader: 'torch.utils.data.DataLoader', exports: Dic
             if progress and (batch_index % 20 == 0 or seen == len(loader.dataset)):
                 print(f'scored {seen}/{len(loader.dataset)} images', file=sys.stderr, flush=True)
     return [AccuracyRow(*key, 100 * correct[key] / seen, 100 * agree[key] / seen, max_diff[key], seen,
-                        100 * same_routing[key] / (seen * top_ks) if top_ks else None)
+                        100 * same_routing[key] / (seen * len(blocks)) if blocks else None)
             for key in correct]

@@ -12,7 +12,8 @@ import sys
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import timm
 import torch
@@ -24,8 +25,8 @@ from ._output import staged_output
 from .mod import MoDBlock, top_k_channels
 
 __all__ = [
-    'SelectionCounts', 'BlockSummary', 'load_model', 'count_selections', 'summarize', 'check_output_folder',
-    'write_selection',
+    'SelectionCounts', 'BlockSummary', 'load_model', 'selector_blocks', 'routing_hooks', 'count_selections',
+    'summarize', 'check_output_folder', 'write_selection',
 ]
 
 
@@ -70,8 +71,31 @@ def load_model(model_name: str, checkpoint: Optional[Path] = None, num_classes: 
     return model.eval(), weights.train_args
 
 
+def selector_blocks(model: nn.Module) -> Dict[str, MoDBlock]:
+    """ The MoD blocks of `model` that route with a selector, by name, in model order (none in a plain model or
+    with random routing)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, MoDBlock) and m.selector is not None}
+
+
+@contextmanager
+def routing_hooks(blocks: Dict[str, MoDBlock], record: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+    """ Inside the block, every forward pass calls `record(block name, channels routed (B, k))` for each of
+    `blocks` (forward hooks on their selectors, removed on exit; the model itself is left as it is)."""
+    def hook(name: str, block: MoDBlock):
+        def on_scores(_module: nn.Module, _inputs, scores: torch.Tensor) -> None:
+            record(name, top_k_channels(scores, block.k)[1])
+        return on_scores
+
+    handles = [block.selector.register_forward_hook(hook(name, block)) for name, block in blocks.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _selector_blocks(model: nn.Module) -> Dict[str, MoDBlock]:
-    blocks = {name: m for name, m in model.named_modules() if isinstance(m, MoDBlock) and m.selector is not None}
+    blocks = selector_blocks(model)
     if not blocks:
         raise ValueError(
             f'{type(model).__name__} has no MoD block with a channel selector, so there is no selection to count '
@@ -119,16 +143,13 @@ def count_selections(
     samples = torch.zeros(len(class_names), dtype=torch.long)
     batch_targets: List[torch.Tensor] = []  # the classes of the batch being run, for the hooks
 
-    def hook(name: str, block: MoDBlock):
-        def record(_module: nn.Module, _inputs, scores: torch.Tensor) -> None:
-            chosen = torch.zeros_like(scores, dtype=torch.long).scatter_(1, top_k_channels(scores, block.k)[1], 1)
-            counts[name].index_add_(0, batch_targets[0], chosen)
-        return record
+    def record(name: str, routed: torch.Tensor) -> None:
+        chosen = routed.new_zeros(routed.shape[0], blocks[name].in_channels).scatter_(1, routed, 1)
+        counts[name].index_add_(0, batch_targets[0], chosen)
 
-    handles = [block.selector.register_forward_hook(hook(name, block)) for name, block in blocks.items()]
     model.eval()
     try:
-        with torch.no_grad():
+        with routing_hooks(blocks, record), torch.no_grad():
             for batch_index, (images, targets) in enumerate(loader):
                 batch_targets[:] = [targets]
                 model(images)
@@ -136,8 +157,6 @@ def count_selections(
                 if progress:
                     print(f'\rselection: batch {batch_index + 1}/{len(loader)}', end='', file=sys.stderr, flush=True)
     finally:
-        for handle in handles:
-            handle.remove()
         if progress:
             print(file=sys.stderr)
     return SelectionCounts(class_names, samples, counts, {name: block.k for name, block in blocks.items()})
