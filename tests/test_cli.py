@@ -52,6 +52,17 @@ def test_readme_model_table_is_what_the_code_measures() -> None:
      '--threads must be at least 0, got -1'),
     (['quantize', '--model', 'resnet18_mod', '--output', '{tmp}/file.txt'], 'is a file; give a folder'),
     (['list', '--filter', 'resnet18'], "no model matches 'resnet18'"),
+    (['benchmark', '--models', 'vit_tiny_patch16_224'], 'to_mod does not support VisionTransformer models'),
+    (['benchmark', '--models', 'resnet18_mod', '--batch-size', '1', '--output', '{tmp}/file.txt'],
+     'is a file; give a folder'),
+    (['benchmark', '--models', 'resnet18_mod', '--batch-size', '1', '--output', '{tmp}/file.txt/bench'],
+     'lies inside the file'),
+    (['convert', '--model', 'resnet18', '--pretrained', '--output', '{tmp}/r18.pth'],
+     "'resnet18' is not a MoD model; name the MoD model to convert to, e.g. resnet18_mod"),
+    (['quantize', '--model', 'resnet18_mod', '--output', '.'], 'is the working folder or holds it'),
+    (['quantize', '--model', 'resnet18_mod', '--output', '.', '--overwrite'], 'is the working folder or holds it'),
+    (['quantize', '--model', 'resnet18_mod', '--data-dir', '{tmp}', '--output', '{tmp}/int8', '--overwrite'],
+     'which this command reads; give a folder outside it'),
 ])
 def test_bad_arguments_are_one_line_errors_before_any_work(tmp_path: Path, arguments, message: str) -> None:
     if torch.cuda.is_available() and '--device' in arguments:

@@ -15,34 +15,9 @@ from PIL import Image
 
 from timm_mod.compare import ModelSpec, RunResult, compare, format_comparison, load_train_args, summarize_runs
 
-CONSOLE_SCRIPT = Path(sys.executable).parent / 'timm-mod'
-RECIPE = dict(
-    num_classes=2, train_split='train', val_split='validation', input_size=[3, 32, 32], crop_pct=1.0,
-    interpolation='bilinear', train_interpolation='bilinear', scale=[0.64, 1.0], ratio=[0.75, 1.33], hflip=0.5,
-    color_jitter=0.0, smoothing=0.1, batch_size=16, epochs=2, opt='sgd', lr=0.05, momentum=0.9, weight_decay=5e-4,
-    sched='cosine', warmup_epochs=0, min_lr=0.0, seed=0, workers=0)
+from conftest import CONSOLE_SCRIPT, TINY_RECIPE, write_noise_folder
 
-
-@pytest.fixture(scope='module')
-def image_folder(tmp_path_factory) -> Path:
-    """ Two classes a network can tell apart (bright and dark noise), 96 training and 16 held-out images each."""
-    root = tmp_path_factory.mktemp('tiny')
-    rng = np.random.default_rng(0)
-    for split, count in (('train', 96), ('validation', 16)):
-        for label, brightness in (('bright', 160), ('dark', 60)):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for index in range(count):
-                pixels = np.clip(rng.normal(brightness, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f'{index:03d}.png')
-    return root
-
-
-@pytest.fixture(scope='module')
-def recipe_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp('recipe') / 'tiny.yaml'
-    path.write_text(yaml.safe_dump(RECIPE))
-    return path
+RECIPE = TINY_RECIPE
 
 
 def test_model_specs_parse_kwargs_as_train_py_does_and_name_their_folders() -> None:
@@ -164,3 +139,158 @@ def test_bad_study_arguments_are_refused_before_anything_is_written(
     with pytest.raises(ValueError, match=message):
         compare([ModelSpec('resnet18')], load_train_args(recipe_file), image_folder, tmp_path / 'out', **kwargs)
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('text, message', [
+    ('resnet18_mod@-1', 'seed -1 is out of range'),
+    ('resnet18_mod@', 'the seeds after @ must be integers'),
+    ('resnet18_mod@0,0', 'a seed is given twice'),
+])
+def test_bad_seeds_are_clear_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelSpec.parse(text)
+
+
+@pytest.mark.parametrize('models, seeds, message', [
+    (['resnet18', 'resnet18_mod:foo=1'], (0,), "'resnet18_mod foo=1' cannot be built with these kwargs"),
+    (['resnet18', 'resnet18_mod:c=abc'], (0,), "'resnet18_mod c=abc' cannot be built with these kwargs"),
+    (['resnet18', 'resnet18'], (0,), "'resnet18' is given twice"),
+    (['resnet18@0', 'resnet18_mod', 'resnet18@1'], (0,), r"'resnet18' is given twice; name it once, with all its "
+                                                         r"seeds \(e.g. resnet18@0,1,2\)"),
+    (['resnet18'], (0, -1), '--seeds: seed -1 is out of range'),
+])
+def test_every_spec_is_checked_before_anything_trains_or_is_written(
+        image_folder: Path, recipe_file: Path, tmp_path: Path, models, seeds, message: str) -> None:
+    specs = [ModelSpec.parse(text) for text in models]
+    with pytest.raises(ValueError, match=message):
+        compare(specs, load_train_args(recipe_file), image_folder, tmp_path / 'out', seeds=seeds, progress=False)
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('text, message', [
+    (b'lr: [0.1,\nepochs: 2\n', 'is not valid YAML (line 3)'),
+    (b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe', 'is not a text file'),
+    (b'- lr\n- epochs\n', 'is not a train.py arg file: expected a mapping'),
+    (b'num_classes: 2\nepochs: 0\n', 'epochs must be a whole number of at least 1, got 0'),
+    (b'num_classes: 2\nbatch_size: sixteen\n', "batch_size must be a whole number of at least 1, got 'sixteen'"),
+    (b'num_classes: 2\nmixup: 0.2\naa: rand-m9\n', 'sets aa, mixup, which timm-mod compare does not implement'),
+])
+def test_arg_file_mistakes_are_one_line_errors_naming_the_file(image_folder: Path, tmp_path: Path, text: bytes,
+                                                                message: str) -> None:
+    arg_file = tmp_path / 'recipe.yaml'
+    arg_file.write_bytes(text)
+    run = subprocess.run([str(CONSOLE_SCRIPT), 'compare', '-c', str(arg_file), '--data-dir', str(image_folder),
+                          '--output-dir', str(tmp_path / 'out'), '--models', 'resnet18'],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()] and 'Traceback' not in run.stderr, run.stderr
+    assert str(arg_file) in run.stderr and message in run.stderr, run.stderr
+    assert not (tmp_path / 'out').exists()
+
+
+def test_an_arg_file_trains_what_it_leaves_out_as_train_py_would(image_folder: Path, tmp_path: Path) -> None:
+    """ No input_size, split names, lr or augmentation: train.py's defaults, its lr = 0.1 * batch / 256, and the
+    speed measured at the model's own input size (224 px for resnet18_mod)."""
+    arg_file = tmp_path / 'short.yaml'
+    arg_file.write_text('num_classes: 2\nepochs: 1\nbatch_size: 32\nworkers: 0\n')
+    rows, results = compare([ModelSpec('resnet18_mod')], load_train_args(arg_file), image_folder, tmp_path / 'out',
+                            bench_batch_size=1, rounds=1, progress=False)
+    recorded = yaml.safe_load((results[0].checkpoint_dir / 'args.yaml').read_text())
+    assert recorded['lr'] == pytest.approx(0.1 * 32 / 256)
+    assert (recorded['scale'], recorded['smoothing'], recorded['train_split']) == ([0.08, 1.0], 0.1, 'train')
+    assert rows[0].inference_ms > 0 and 'batch 1 of 3x224x224' in rows[0].speed_setting
+
+
+def _predictions(run_dir: Path, folder: Path) -> np.ndarray:
+    """ The class indices a trained run predicts for the images of `folder`, computed here image by image."""
+    import timm
+    from timm.data import create_transform
+    checkpoint = torch.load(run_dir / 'last.pth.tar', map_location='cpu', weights_only=False)
+    model = timm.create_model(checkpoint['arch'], num_classes=2)
+    model.load_state_dict(checkpoint['state_dict'])
+    transform = create_transform(input_size=(3, 32, 32), crop_pct=1.0, interpolation='bilinear')
+    with torch.no_grad():
+        return np.array([int(model.eval()(transform(Image.open(path).convert('RGB'))[None]).argmax(1))
+                         for path in sorted(folder.glob('*.png'))])
+
+
+def test_held_out_images_are_labelled_with_the_training_class_map(recipe_file: Path, tmp_path: Path) -> None:
+    """ `validation/bright` is empty: timm's reader would number `dark` 0 on its own; it is class 1, as in train."""
+    data = write_noise_folder(tmp_path / 'data', {'train': 48, 'validation': 12})
+    for image in (data / 'validation' / 'bright').iterdir():
+        image.unlink()
+    _, results = compare([ModelSpec('resnet18')], load_train_args(recipe_file), data, tmp_path / 'out', epochs=1,
+                         measure_speed=False, progress=False)
+    predicted = _predictions(results[0].checkpoint_dir, data / 'validation' / 'dark')
+    assert results[0].top1 == pytest.approx(100 * np.mean(predicted == 1))
+
+    (data / 'validation' / 'grey').mkdir()
+    (data / 'train' / 'dark' / '000.png').rename(data / 'validation' / 'grey' / '000.png')
+    with pytest.raises(ValueError, match='has classes with no image in .*train: grey'):
+        compare([ModelSpec('resnet18')], load_train_args(recipe_file), data, tmp_path / 'out2', progress=False)
+    (data / 'validation' / 'grey' / '000.png').rename(data / 'train' / 'dark' / '000.png')
+    with pytest.raises(ValueError, match='num_classes is 1, but .* has 2 classes'):
+        compare([ModelSpec('resnet18')], dict(load_train_args(recipe_file), num_classes=1), data, tmp_path / 'out2',
+                progress=False)
+    assert not (tmp_path / 'out2').exists()
+
+
+def _limited_file_size(limit: int):
+    def apply() -> None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: writes fail with EFBIG
+    return apply
+
+
+@pytest.mark.parametrize('limit, message', [
+    (0, 'Cannot write to'), (2 ** 20, 'Cannot write the checkpoint of epoch 1')])
+def test_a_full_disk_is_a_one_line_error_that_leaves_no_partial_checkpoint(
+        image_folder: Path, recipe_file: Path, tmp_path: Path, limit: int, message: str) -> None:
+    """ Files that cannot grow (a process file-size limit, as on a full disk): refused before training when
+    nothing can be written, else a clear error at the first checkpoint with no 45 MB tmp.pth.tar left."""
+    run = subprocess.run([str(CONSOLE_SCRIPT), 'compare', '-c', str(recipe_file), '--data-dir', str(image_folder),
+                          '--output-dir', str(tmp_path / 'out'), '--models', 'resnet18', '--epochs', '1'],
+                         capture_output=True, text=True, timeout=300, preexec_fn=_limited_file_size(limit))
+    assert run.returncode != 0 and message in run.stderr and 'Traceback' not in run.stderr, run.stderr[-2000:]
+    assert not list(tmp_path.rglob('tmp.pth.tar')) and not list(tmp_path.rglob('*.partial'))
+
+
+def test_a_second_compare_on_the_same_folder_is_refused_while_the_first_runs(
+        image_folder: Path, recipe_file: Path, tmp_path: Path) -> None:
+    common = ['-c', str(recipe_file), '--data-dir', str(image_folder), '--output-dir', str(tmp_path / 'study'),
+              '--models', 'resnet18', '--no-speed']
+    first = _run_command(*common)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / 'study' / 'study.json').exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = subprocess.run([str(CONSOLE_SCRIPT), 'compare', *common], capture_output=True, text=True, timeout=120)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
+    assert second.returncode != 0
+    assert 'Another timm-mod compare is running in' in second.stderr and 'Traceback' not in second.stderr, \
+        second.stderr
+    after = subprocess.run([str(CONSOLE_SCRIPT), 'compare', *common, '--epochs', '2'], capture_output=True,
+                           text=True, timeout=300)
+    assert after.returncode == 0, after.stderr[-2000:]
+
+
+def test_a_sigterm_swallowed_by_a_finalizer_still_stops_the_next_step() -> None:
+    """ Python runs the SIGTERM handler wherever the main thread is; inside a `__del__` its SystemExit is printed
+    as ignored and lost (the race behind an interrupted study that once ran to the end with rc 0)."""
+    script = '\n'.join([
+        'import os, signal',
+        'from timm_mod._output import exit_cleanly_on_sigterm, stop_if_terminated',
+        'exit_cleanly_on_sigterm()',
+        'class Finalized:',
+        '    def __del__(self):',
+        '        os.kill(os.getpid(), signal.SIGTERM)',
+        '        sum(range(1000))',
+        'Finalized()',
+        'print("handler swallowed", flush=True)',
+        'for step in range(3):',
+        '    stop_if_terminated()',
+        'print("ran to the end")',
+    ])
+    run = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=60)
+    assert run.stdout.splitlines() == ['handler swallowed'] and 'Exception ignored' in run.stderr
+    assert run.returncode == 128 + signal.SIGTERM

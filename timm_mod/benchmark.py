@@ -12,7 +12,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ._builder import create_mod_model
-from ._output import write_records
+from ._output import scratch_folder, write_records
 from .deploy import RUNTIMES, export_onnx, quantize_int8, require_runtime, runtime_operator_times, runtime_session
 from .mod import MoDBlock
 from .zoo import PAPER_MODELS, baseline_of, format_table, measure
@@ -293,7 +292,7 @@ def run_benchmark(
     rows: List[BenchRow] = []
     runs = list(itertools.product(model_names, settings))
     costs = {name: measure(create_mod_model(name, device='meta')) for name in model_names}
-    with tempfile.TemporaryDirectory(prefix='timm-mod-bench-') as exports:
+    with scratch_folder('timm-mod-bench') as exports:
         for index, (model_name, setting) in enumerate(runs, 1):
             # one export per model and batch size, shared by the thread counts and the runtimes
             rows.append(_bench_row(model_name, costs[model_name], setting, Path(exports) / model_name, rounds,
@@ -459,7 +458,7 @@ def profile_gap(model_name: str, setting: BenchSetting, steps: int = 3, top: int
     models = {'mod': mod, 'identity': identity_bound(mod)}
     if setting.mode in RUNTIMES:
         x = benchmark_input(setting).numpy()
-        with tempfile.TemporaryDirectory() as export_dir:
+        with scratch_folder('timm-mod-profile') as export_dir:
             per_step = {name: runtime_operator_times(_runtime_export(model, setting, Path(export_dir) / f'{name}.onnx'),
                                                      setting.mode, setting.threads, x, steps)
                         for name, model in models.items()}

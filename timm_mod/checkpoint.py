@@ -10,7 +10,7 @@ import timm
 from safetensors.torch import load_file, save_file
 from timm.models import clean_state_dict, get_pretrained_cfg_value
 
-from ._builder import create_mod_model, describe_state_dict_mismatch, require_registered
+from ._builder import create_mod_model, describe_state_dict_mismatch, is_mod_model_name, require_registered
 from ._output import staged_output
 from .mod import MoDBlock, to_mod
 
@@ -111,7 +111,9 @@ def plain_counterpart(mod_name: str) -> str:
     ResNet75-MoD (no ResNet75 in timm) or ResNet26-MoD (timm's resnet26 is another network) say so.
     """
     from .zoo import OUR_MODELS
-    require_registered(mod_name)
+    if not is_mod_model_name(mod_name):
+        raise ValueError(f'{mod_name!r} is not a MoD model; name the MoD model to convert to, e.g. '
+                         f'{mod_name.split(".")[0]}_mod (`timm-mod list`).')
     base = mod_name.split('_mod')[0]
     candidates = [name for name in dict.fromkeys((OUR_MODELS.get(mod_name), base, f'{base}_100'))
                   if name and timm.is_model(name)]

@@ -41,7 +41,7 @@ def _compare(args: argparse.Namespace) -> None:
     rows, _ = compare(
         specs, load_train_args(args.config), args.data_dir, args.output_dir, seeds=args.seeds, epochs=args.epochs,
         unfinished=args.unfinished, measure_speed=not args.no_speed, bench_batch_size=args.bench_batch_size,
-        threads=args.threads, rounds=args.rounds)
+        threads=args.threads, rounds=args.rounds, data_path=args.data_path)
     if rows:
         for path in write_comparison(rows, args.output_dir):
             print(path, file=sys.stderr)
@@ -89,8 +89,11 @@ def _benchmark(args: argparse.Namespace) -> None:
     from .benchmark import (
         bench_columns, bench_table_rows, check_device, format_profile_gap, format_time_share, profile_gap,
         run_benchmark, settings_grid, time_shares, write_results)
+    from ._output import check_output_folder
     from .zoo import format_table
     check_device(args.device)
+    if args.output is not None:
+        check_output_folder(args.output)
     settings = settings_grid(args.batch_size, args.threads, args.task, args.mode, channels_last=args.channels_last,
                              bf16=args.bf16, device=args.device, int8=args.int8)
     # the breakdown first: a setting it cannot time is refused before the long side-by-side timing
@@ -139,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.set_defaults(run=_quickstart)
 
     from .compare import UNFINISHED
+    from .in_memory_data import DATA_PATHS
     compare_parser = commands.add_parser(
         'compare', help='train timm models with one train.py arg file on an ImageFolder and tabulate accuracy, '
                         'params, MACs and measured CPU speed-up (resumable)')
@@ -157,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.add_argument('--unfinished', choices=UNFINISHED, default='resume',
                                 help='what to do with an interrupted run: resume it from its last epoch (default) '
                                      'or skip it')
+    compare_parser.add_argument('--data-path', choices=DATA_PATHS, default='auto',
+                                help='memory: decode the images once and augment batches as tensors; loader: '
+                                     "timm's loaders; auto (default): memory where the data fit and the recipe "
+                                     'allows it')
     compare_parser.add_argument('--no-speed', action='store_true', help='train and tabulate only, time nothing')
     compare_parser.add_argument('--bench-batch-size', type=int, default=None,
                                 help="batch of the speed measurement (default: the arg file's batch_size)")
@@ -252,8 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument('--calibration-images', type=int, default=256, help='images to calibrate on (default: 256)')
     quantize.add_argument('--runtime', nargs='+', choices=RUNTIMES, default=list(RUNTIMES))
     quantize.add_argument('--threads', type=int, default=0, help='runtime CPU threads; 0 = all cores')
+    quantize.add_argument('--train-split', default='train',
+                          help='the split the model was trained on: its classes label the held-out images '
+                               '(default: train)')
     quantize.add_argument('--output', type=Path, required=True,
-                          help='folder for model.onnx, model_int8.onnx and accuracy.json')
+                          help='new folder for model.onnx, model_int8.onnx and accuracy.json, written whole')
+    quantize.add_argument('--overwrite', action='store_true',
+                          help='replace a non-empty --output whole (never one holding the data or the checkpoint)')
     quantize.set_defaults(run=_quantize)
 
     digits = commands.add_parser(
@@ -291,24 +304,26 @@ def _trained_model_and_data(args: argparse.Namespace, convert_plain: bool = True
 
 
 def _quantize(args: argparse.Namespace) -> None:
+    from ._output import check_replaceable_folder
     from .deploy import ACCURACY_COLUMNS, accuracy_table_rows, check_accuracy_options, int8_accuracy, require_runtime
-    from .selection import check_output_folder
+    from .quickstart import DEFAULT_DATA_DIR
     from .zoo import format_table
-    check_output_folder(args.output)
+    check_replaceable_folder(args.output, args.overwrite, keep=(args.data_dir or DEFAULT_DATA_DIR, args.checkpoint))
     check_accuracy_options(args.calibration_images, args.batch_size, args.threads)
-    for runtime in args.runtime:
+    for runtime in ('onnxruntime', *args.runtime):  # onnxruntime quantizes, whichever runtimes score
         require_runtime(runtime)
     model, data_dir, data_config = _trained_model_and_data(args, convert_plain=False)  # plain models as they are
     rows = int8_accuracy(
         model, data_dir, data_config, args.output, runtimes=tuple(args.runtime), split=args.split,
         calibration_split=args.calibration_split, calibration_images=args.calibration_images,
-        batch_size=args.batch_size, threads=args.threads)
+        batch_size=args.batch_size, threads=args.threads, train_split=args.train_split, overwrite=args.overwrite)
     print(args.output, file=sys.stderr)
     print(format_table(ACCURACY_COLUMNS, accuracy_table_rows(rows)))
 
 
 def _selection(args: argparse.Namespace) -> None:
-    from .selection import check_output_folder, count_selections, summarize, write_selection
+    from ._output import check_output_folder
+    from .selection import count_selections, summarize, write_selection
     from .zoo import format_table
     check_output_folder(args.output)
     model, data_dir, data_config = _trained_model_and_data(args)
@@ -335,7 +350,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     exit_cleanly_on_sigterm()  # a killed command cleans up its staged output as on Ctrl-C
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, PermissionError, ConnectionError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, PermissionError, ConnectionError,
+            NotADirectoryError, IsADirectoryError) as error:
         sys.exit(f'timm-mod {args.command}: error: {error}')
 
 

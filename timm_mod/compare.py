@@ -13,15 +13,17 @@ random routing) from generators seeded by (seed, epoch), so a resumed run trains
 """
 import argparse
 import ast
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import timm
@@ -36,14 +38,18 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import AverageMeter, CheckpointSaver, accuracy, random_seed
 
 from ._builder import require_registered
-from ._output import write_records, write_text_whole
+from ._output import (
+    check_writable_folder, exclusive_folder, stop_if_terminated, write_records, write_text_whole)
 from .benchmark import BenchSetting, make_step, time_side_by_side
+from .in_memory_data import (
+    DATA_PATHS, InMemorySplit, eval_batches, eval_split, in_memory_unsupported, train_batches)
 from .mod import MoDBlock
 from .zoo import format_table, measure
 
 __all__ = [
-    'UNFINISHED', 'ModelSpec', 'RunResult', 'ComparisonRow', 'load_train_args', 'check_image_folder',
-    'train_and_evaluate', 'compare', 'summarize_runs', 'format_comparison', 'write_comparison',
+    'UNFINISHED', 'TRAIN_PY_DEFAULTS', 'ModelSpec', 'RunResult', 'ComparisonRow', 'load_train_args',
+    'complete_train_args', 'check_image_folder', 'split_classes', 'check_specs', 'train_and_evaluate', 'compare',
+    'summarize_runs', 'format_comparison', 'write_comparison',
 ]
 
 UNFINISHED = ('resume', 'skip')  # what a study does with a run that was interrupted
@@ -51,12 +57,70 @@ RESULT_FILE = 'result.json'
 STUDY_FILE = 'study.json'
 
 
+# train.py's defaults (timm 1.0) for the options a study reads: what an arg file leaves out trains as train.py
+# would train it. `lr: None` is derived from `lr_base` as train.py derives it (`complete_train_args`).
+TRAIN_PY_DEFAULTS: Dict[str, Any] = dict(
+    train_split='train', val_split='validation', num_classes=None, input_size=None, img_size=None, crop_pct=None,
+    mean=None, std=None, interpolation='', train_interpolation='random', scale=[0.08, 1.0],
+    ratio=[3 / 4, 4 / 3], hflip=0.5, vflip=0.0, color_jitter=0.4, drop=0.0, smoothing=0.1, batch_size=128,
+    workers=4, epochs=300, seed=42, opt='sgd', lr=None, lr_base=0.1, lr_base_size=256, lr_base_scale='',
+    momentum=0.9, weight_decay=2e-5, sched='cosine', warmup_epochs=5, warmup_lr=1e-5, min_lr=0.0,
+    decay_epochs=90, decay_milestones=[90, 180, 270], decay_rate=0.1, cooldown_epochs=0, patience_epochs=10,
+    lr_noise=None, lr_noise_pct=0.67, lr_noise_std=1.0, lr_cycle_mul=1.0, lr_cycle_decay=0.5, lr_cycle_limit=1,
+    lr_k_decay=1.0, sched_on_updates=False, warmup_prefix=False, val_interval=1, channels_last=False, amp=False,
+    amp_dtype='float16')
+
+# train.py options that change training and that a study does not implement, with train.py's defaults: an arg file
+# that sets one otherwise is refused rather than trained without it.
+_NOT_IMPLEMENTED = dict(
+    aa=None, reprob=0.0, mixup=0.0, cutmix=0.0, cutmix_minmax=None, drop_connect=None, drop_path=None,
+    drop_block=None, model_ema=False, clip_grad=None, grad_accum_steps=1, bce_loss=False, jsd_loss=False,
+    aug_repeats=0, aug_splits=0, train_crop_mode=None, gp=None, bn_momentum=None, bn_eps=None,
+    initial_checkpoint='', pretrained=False, resume='', start_epoch=None, epoch_repeats=0.0, class_map='',
+    train_num_samples=None)
+
+
 def load_train_args(path: Path) -> Dict[str, Any]:
-    """ A train.py arg file, read the way train.py reads `-c FILE` (a flat YAML mapping of option names)."""
-    with open(path) as f:
-        args = yaml.safe_load(f)
+    """ A train.py arg file, read the way train.py reads `-c FILE` (a flat YAML mapping of option names), checked
+    (`complete_train_args`) so that a mistake is a one-line error naming the file, before any work."""
+    path = Path(path)
+    try:
+        args = yaml.safe_load(path.read_text(encoding='utf-8'))
+    except FileNotFoundError:
+        raise FileNotFoundError(f'No arg file {path}; give a train.py YAML file, e.g. train_args/cifar10.yaml.') \
+            from None
+    except UnicodeDecodeError:
+        raise ValueError(f'{path} is not a text file; give a train.py arg file (YAML).') from None
+    except yaml.YAMLError as error:
+        where = getattr(error, 'problem_mark', None)
+        raise ValueError(f'{path} is not valid YAML{f" (line {where.line + 1})" if where else ""}: '
+                         f'{getattr(error, "problem", None) or error}.') from None
     if not isinstance(args, dict):
         raise ValueError(f'{path} is not a train.py arg file: expected a mapping of train.py option names.')
+    complete_train_args(args, source=str(path))
+    return args
+
+
+def complete_train_args(train_args: Dict[str, Any], source: str = 'the train args') -> Dict[str, Any]:
+    """ The arg file's options over train.py's defaults, with the learning rate train.py derives when `lr` is
+    not given; a clear error for values that cannot train, or options a study does not implement."""
+    args = dict(TRAIN_PY_DEFAULTS, **train_args)
+    for key in ('epochs', 'batch_size'):
+        if not isinstance(args[key], int) or isinstance(args[key], bool) or args[key] < 1:
+            raise ValueError(f'{source}: {key} must be a whole number of at least 1, got {args[key]!r}.')
+    if args['num_classes'] is not None and (not isinstance(args['num_classes'], int) or args['num_classes'] < 1):
+        raise ValueError(f'{source}: num_classes must be a whole number of at least 1, got {args["num_classes"]!r}.')
+    if not isinstance(args['workers'], int) or args['workers'] < 0:
+        raise ValueError(f'{source}: workers must be a whole number of at least 0, got {args["workers"]!r}.')
+    unsupported = sorted(key for key, default in _NOT_IMPLEMENTED.items() if args.get(key) not in (default, None))
+    if unsupported:
+        raise ValueError(f'{source} sets {", ".join(unsupported)}, which timm-mod compare does not implement; train '
+                         f'with timm\'s train.py, or remove them.')
+    if not args['lr']:  # train.py: lr = lr_base * global batch / lr_base_size, sqrt-scaled for adaptive optimizers
+        ratio = args['batch_size'] / args['lr_base_size']
+        scale = args['lr_base_scale'] or ('sqrt' if any(name in args['opt'].lower() for name in ('ada', 'lamb'))
+                                          else 'linear')
+        args['lr'] = args['lr_base'] * (ratio ** 0.5 if scale == 'sqrt' else ratio)
     return args
 
 
@@ -70,6 +134,31 @@ def check_image_folder(root: Path, split: str) -> Path:
             f'{folder} has no class subfolders: an ImageFolder split holds one folder per class, '
             f'{folder}/<class name>/<image files>.')
     return folder
+
+
+def split_classes(root: Path, split: str) -> Dict[str, int]:
+    """ The class map timm's ImageFolder reader builds for a split: class folders holding at least one image."""
+    from timm.data.readers.reader_image_folder import find_images_and_targets
+    return find_images_and_targets(str(check_image_folder(root, split)))[1]
+
+
+def check_class_maps(root: Path, train_split: str, val_split: str, num_classes: Optional[int]) -> Dict[str, int]:
+    """ The training split's class map, with which the held-out split is labelled; a clear error when the
+    held-out split has classes training never saw, or the classifier is smaller than the class count.
+
+    timm's reader numbers each split's classes on its own, so a class folder empty in one split would shift
+    every label after it and report a wrong accuracy.
+    """
+    train_classes = split_classes(root, train_split)
+    unseen = sorted(set(split_classes(root, val_split)) - set(train_classes))
+    if unseen:
+        raise ValueError(f'{Path(root) / val_split} has classes with no image in {Path(root) / train_split}: '
+                         f'{", ".join(unseen[:5])}{" ..." if len(unseen) > 5 else ""}; a model cannot learn them. '
+                         f'Give both splits the same class folders.')
+    if num_classes is not None and num_classes < len(train_classes):
+        raise ValueError(f'num_classes is {num_classes}, but {Path(root) / train_split} has {len(train_classes)} '
+                         f'classes; set num_classes to at least {len(train_classes)}.')
+    return train_classes
 
 
 def _parse_value(text: str) -> Any:
@@ -103,11 +192,12 @@ class ModelSpec:
                                  f'e.g. resnet18_mod:routing=random@0.')
             kwargs.append((key.strip(), _parse_value(value.strip())))
         seeds = None
-        if seeds_text:
+        if '@' in text:
             try:
                 seeds = tuple(int(seed) for seed in seeds_text.split(','))
             except ValueError:
                 raise ValueError(f'Model {text!r}: the seeds after @ must be integers, e.g. {spec}@0,1,2.') from None
+            _check_seeds(seeds, f'Model {text!r}')
         return cls(require_registered(name.strip()), tuple(kwargs), seeds)
 
     @property
@@ -127,6 +217,35 @@ class ModelSpec:
             return self.model_name
         items = ','.join(f'{key}={value}' for key, value in self.model_kwargs)
         return f'{self.model_name}@{items}'.replace(' ', '').replace('/', '_')
+
+
+def _check_seeds(seeds: Sequence[int], where: str) -> None:
+    bad = [seed for seed in seeds if not 0 <= seed < 2 ** 32]
+    if bad:
+        raise ValueError(f'{where}: seed {bad[0]} is out of range; seeds are whole numbers from 0 to 2**32 - 1.')
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f'{where}: a seed is given twice ({", ".join(map(str, seeds))}); a seed count counts runs.')
+
+
+def check_specs(specs: Sequence[ModelSpec], num_classes: Optional[int], seeds: Sequence[int] = (0,)) -> None:
+    """ A clear error, before anything trains, for a model named twice or one that cannot be built with its
+    kwargs (each is built on the meta device, which allocates nothing)."""
+    _check_seeds(seeds, '--seeds')
+    seen: Dict[str, str] = {}
+    for spec in specs:
+        if spec.folder_name in seen:
+            raise ValueError(f'{spec.label!r} is given twice; name it once, with all its seeds '
+                             f'(e.g. {spec.model_name}@0,1,2).')
+        seen[spec.folder_name] = spec.label
+        try:
+            timm.create_model(spec.model_name, device='meta', **_num_classes(num_classes), **spec.kwargs)
+        except (TypeError, ValueError, AssertionError, KeyError) as error:
+            raise ValueError(f'{spec.label!r} cannot be built with these kwargs: {error}') from None
+
+
+def _num_classes(num_classes: Optional[int]) -> Dict[str, int]:
+    """ create_model's num_classes, left to the model's default where train.py leaves it (None)."""
+    return {} if num_classes is None else dict(num_classes=num_classes)
 
 
 def _split_top_level(text: str) -> List[str]:
@@ -156,6 +275,7 @@ class RunResult:
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     epochs: int = 0
     train_seconds: float = 0.0  # wall time of the training epochs (evaluation excluded), as run
+    curve: List[Dict[str, Any]] = field(default_factory=list)  # per epoch: train_loss, top1 (None: not evaluated)
 
     def to_json(self) -> Dict[str, Any]:
         return dict(asdict(self), checkpoint_dir=str(self.checkpoint_dir))
@@ -165,13 +285,60 @@ class RunResult:
         return cls(**dict(record, checkpoint_dir=Path(record['checkpoint_dir'])))
 
 
-def _evaluate(model: nn.Module, loader) -> float:
+def _evaluate(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+              autocast: Callable[[], ContextManager]) -> float:
     model.eval()
     top1 = AverageMeter()
-    with torch.no_grad():
-        for images, targets in loader:
+    with torch.no_grad(), autocast():
+        for images, targets in batches:
             top1.update(accuracy(model(images), targets)[0].item(), images.shape[0])
     return top1.avg
+
+
+def _autocast(cfg: argparse.Namespace) -> Callable[[], ContextManager]:
+    """ train.py's `amp`: CPU autocast to `amp_dtype`; without it, nothing."""
+    if not cfg.amp:
+        return contextlib.nullcontext
+    dtype = {'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg.amp_dtype]
+    return lambda: torch.autocast('cpu', dtype=dtype)
+
+
+def _data_path(data_path: str, cfg: argparse.Namespace, data_dir: Path, class_map: Dict[str, int],
+               data_config: Dict[str, Any], progress: bool, progress_prefix: str
+               ) -> Tuple[Callable[[int], Iterable], Callable[[], Iterable]]:
+    """ (one epoch's training batches for a seed, the held-out batches): decoded once and augmented as tensors
+    where the data fit in memory (`in_memory_data`), else timm's loaders; `data_path` forces either."""
+    if data_path not in DATA_PATHS:
+        raise ValueError(f'--data-path must be one of {DATA_PATHS}, got {data_path!r}.')
+    reason = in_memory_unsupported(cfg, data_dir, data_config['input_size']) if data_path != 'loader' else 'asked'
+    if data_path == 'memory' and reason:
+        raise ValueError(f'--data-path memory cannot train this run: {reason}; use --data-path loader.')
+    if reason is None:
+        train_split = InMemorySplit.load(data_dir, cfg.train_split, class_map)
+        held_out = eval_split(data_dir, cfg.val_split, class_map, data_config)
+        return (lambda seed: train_batches(train_split, cfg, data_config, torch.Generator().manual_seed(seed),
+                                           cfg.channels_last),
+                lambda: eval_batches(held_out, cfg.batch_size, cfg.channels_last))
+    if progress and data_path == 'auto':
+        print(f'{progress_prefix}timm\'s loader: {reason}', file=sys.stderr, flush=True)
+    loader_kwargs = dict(
+        input_size=data_config['input_size'], mean=data_config['mean'], std=data_config['std'],
+        num_workers=cfg.workers, use_prefetcher=False, device=torch.device('cpu'), persistent_workers=False)
+    loader_train = create_loader(
+        create_dataset('', root=str(data_dir), split=cfg.train_split, is_training=True, class_map=class_map),
+        batch_size=cfg.batch_size, is_training=True, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
+        vflip=cfg.vflip, color_jitter=cfg.color_jitter, interpolation=cfg.train_interpolation, **loader_kwargs)
+    loader_eval = create_loader(
+        create_dataset('', root=str(data_dir), split=cfg.val_split, class_map=class_map),
+        batch_size=cfg.batch_size, interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'],
+        **loader_kwargs)
+    return (lambda seed: _channels_last_batches(loader_train, cfg.channels_last),
+            lambda: _channels_last_batches(loader_eval, cfg.channels_last))
+
+
+def _channels_last_batches(batches: Iterable, channels_last: bool) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    for images, targets in batches:
+        yield (images.contiguous(memory_format=torch.channels_last) if channels_last else images), targets
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -179,15 +346,18 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def _restore_saver(saver: CheckpointSaver, output_dir: Path) -> None:
-    """ Give a resumed run's CheckpointSaver the history it had, so it keeps one checkpoint-N and the right best."""
-    for path in sorted(output_dir.glob(f'{saver.save_prefix}-*{saver.extension}')):
-        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
-        saver.checkpoint_files.append((str(path), checkpoint.get('metric')))
-    saver.checkpoint_files.sort(key=lambda entry: entry[1], reverse=not saver.decreasing)
-    if saver.checkpoint_files:
-        saver.best_metric = saver.checkpoint_files[0][1]
-        saver.best_epoch = torch.load(saver.checkpoint_files[0][0], map_location='cpu', weights_only=False)['epoch']
+def _save_checkpoint(saver: CheckpointSaver, epoch: int, metric: float) -> None:
+    """ CheckpointSaver's save; where the disk refuses (full, read-only), a clear error and no half-written
+    `tmp.pth.tar` left behind (the previous epoch's last.pth.tar stays, so the run resumes from it)."""
+    try:
+        saver.save_checkpoint(epoch, metric=metric)
+    except (OSError, RuntimeError) as error:  # torch.save's zip writer reports a short write as a RuntimeError
+        Path(saver.checkpoint_dir, f'tmp{saver.extension}').unlink(missing_ok=True)
+        reason = getattr(error, 'strerror', None) or 'the write was cut short'
+        free = shutil.disk_usage(saver.checkpoint_dir).free / 2 ** 30
+        raise PermissionError(f'Cannot write the checkpoint of epoch {epoch + 1} to {saver.checkpoint_dir} '
+                              f'({reason}; {free:.1f} GiB free there): free space or choose a writable --output-dir, '
+                              f'then run again to resume.') from None
 
 
 def train_and_evaluate(
@@ -200,6 +370,7 @@ def train_and_evaluate(
         seed: Optional[int] = None,
         progress: bool = True,
         progress_prefix: str = '',
+        data_path: str = 'auto',
 ) -> RunResult:
     """ Train `model_name` from scratch with train.py's recipe semantics and evaluate on the held-out split.
 
@@ -212,34 +383,29 @@ def train_and_evaluate(
         output_dir: Where CheckpointSaver writes last.pth.tar / model_best.pth.tar and args.yaml.
         model_kwargs: Passed to `timm.create_model`, as train.py's `--model-kwargs`.
         progress: Print one line per epoch to stderr, after `progress_prefix`.
+        data_path: 'memory' decodes the images once and augments batches as tensors, 'loader' uses timm's
+            loaders, 'auto' the first where the data fit in memory and the recipe allows it.
     """
     model_kwargs = dict(model_kwargs or {})
+    train_args = complete_train_args(train_args)
     cfg = argparse.Namespace(**dict(
         train_args, model=model_name, epochs=train_args['epochs'] if epochs is None else epochs,
-        seed=train_args.get('seed', 0) if seed is None else seed, model_kwargs=model_kwargs, data_dir=str(data_dir)))
-    for split in (cfg.train_split, cfg.val_split):
-        check_image_folder(data_dir, split)
+        seed=train_args['seed'] if seed is None else seed, model_kwargs=model_kwargs, data_dir=str(data_dir)))
+    class_map = check_class_maps(data_dir, cfg.train_split, cfg.val_split, cfg.num_classes)
     random_seed(cfg.seed)
     model = timm.create_model(
-        require_registered(model_name), num_classes=cfg.num_classes, drop_rate=getattr(cfg, 'drop', 0.0),
-        **model_kwargs)
+        require_registered(model_name), drop_rate=cfg.drop, **_num_classes(cfg.num_classes), **model_kwargs)
+    cfg.num_classes = model.num_classes
     data_config = resolve_data_config(vars(cfg), model=model)
 
-    dataset_train = create_dataset('', root=str(data_dir), split=cfg.train_split, is_training=True)
-    dataset_eval = create_dataset('', root=str(data_dir), split=cfg.val_split)
-    loader_kwargs = dict(
-        input_size=data_config['input_size'], mean=data_config['mean'], std=data_config['std'],
-        num_workers=cfg.workers, use_prefetcher=False, device=torch.device('cpu'), persistent_workers=False)
-    loader_train = create_loader(
-        dataset_train, batch_size=cfg.batch_size, is_training=True, scale=cfg.scale, ratio=cfg.ratio,
-        hflip=cfg.hflip, color_jitter=cfg.color_jitter, interpolation=cfg.train_interpolation, **loader_kwargs)
-    loader_eval = create_loader(
-        dataset_eval, batch_size=cfg.batch_size, interpolation=data_config['interpolation'],
-        crop_pct=data_config['crop_pct'], **loader_kwargs)
+    train_epoch, evaluate = _data_path(data_path, cfg, data_dir, class_map, data_config, progress, progress_prefix)
 
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg))
     scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(cfg))
     loss_fn = LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing else nn.CrossEntropyLoss()
+    autocast = _autocast(cfg)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / 'args.yaml', 'w') as f:
@@ -247,41 +413,54 @@ def train_and_evaluate(
     saver = CheckpointSaver(
         model, optimizer, args=cfg, checkpoint_dir=str(output_dir), recovery_dir=str(output_dir),
         decreasing=False, max_history=1)
-    start_epoch, top1, train_seconds = 0, 0.0, 0.0
+    start_epoch, cfg.curve = 0, []
     last = output_dir / 'last.pth.tar'
     if last.exists():
         start_epoch = resume_checkpoint(model, str(last), optimizer=optimizer, log_info=False)
-        state = torch.load(last, map_location='cpu', weights_only=False)
-        top1, train_seconds = state.get('metric') or 0.0, getattr(state.get('args'), 'train_seconds', 0.0)
-        _restore_saver(saver, output_dir)
+        cfg.curve = getattr(torch.load(last, map_location='cpu', weights_only=False).get('args'), 'curve', [])
+        saver.load_state_dict_from_checkpoint(str(last))
         scheduler.step(start_epoch)
         if progress:
             print(f'{progress_prefix}resumed after epoch {start_epoch}/{num_epochs}', file=sys.stderr, flush=True)
 
     for epoch in range(start_epoch, num_epochs):
         random_seed(_epoch_seed(cfg.seed, epoch))  # torch, numpy and Python's random (timm's crops draw from it)
-        start, losses = time.perf_counter(), AverageMeter()
+        start, losses, data_seconds = time.perf_counter(), AverageMeter(), 0.0
         model.train()
-        for images, targets in loader_train:
-            loss = loss_fn(model(images), targets)
+        batches = iter(train_epoch(_epoch_seed(cfg.seed, epoch)))
+        while True:
+            fetch = time.perf_counter()
+            images, targets = next(batches, (None, None))
+            data_seconds += time.perf_counter() - fetch
+            if images is None:
+                break
+            stop_if_terminated()
+            with autocast():
+                loss = loss_fn(model(images), targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.update(loss.item(), images.shape[0])
         scheduler.step(epoch + 1)
         epoch_seconds = time.perf_counter() - start
-        train_seconds += epoch_seconds
-        top1 = _evaluate(model, loader_eval)
-        cfg.train_seconds = train_seconds  # stored with the checkpoint, so a resumed run keeps counting
-        saver.save_checkpoint(epoch, metric=top1)
+        top1, eval_seconds = None, 0.0
+        if (epoch + 1) % cfg.val_interval == 0 or epoch + 1 == num_epochs:  # train.py's val_interval
+            top1, eval_seconds = _evaluate(model, evaluate(), autocast), time.perf_counter() - start - epoch_seconds
+        cfg.curve.append(dict(epoch=epoch + 1, train_loss=losses.avg, top1=top1, train_seconds=epoch_seconds,
+                              data_seconds=data_seconds, eval_seconds=eval_seconds))
+        _save_checkpoint(saver, epoch, top1)  # the curve travels in the checkpoint's args, so a resumed run keeps it
         if progress:
-            print(f'{progress_prefix}epoch {epoch + 1}/{num_epochs}  loss {losses.avg:.3f}  held-out top-1 '
-                  f'{top1:.2f}  ({epoch_seconds:.1f} s)', file=sys.stderr, flush=True)
+            held_out = '' if top1 is None else f'  held-out top-1 {top1:.2f}'
+            print(f'{progress_prefix}epoch {epoch + 1}/{num_epochs}  loss {losses.avg:.3f}{held_out}  '
+                  f'({epoch_seconds:.1f} s, data {data_seconds:.1f} s; eval {eval_seconds:.1f} s)',
+                  file=sys.stderr, flush=True)
 
+    top1 = next(point['top1'] for point in reversed(cfg.curve) if point['top1'] is not None)
+    train_seconds = sum(point['train_seconds'] for point in cfg.curve)
     params, macs = measure(model, input_size=data_config['input_size'])
     return RunResult(model_name, params, macs, top1, output_dir, label=ModelSpec(model_name, tuple(
         model_kwargs.items())).label, seed=cfg.seed, model_kwargs=model_kwargs, epochs=num_epochs,
-        train_seconds=train_seconds)
+        train_seconds=train_seconds, curve=list(cfg.curve))
 
 
 @dataclass(frozen=True)
@@ -339,6 +518,7 @@ def compare(
         threads: int = 1,
         rounds: int = 5,
         progress: bool = True,
+        data_path: str = 'auto',
 ) -> Tuple[List[ComparisonRow], List[RunResult]]:
     """ Train and evaluate every (spec, seed) not finished yet, then summarize all of them.
 
@@ -348,6 +528,7 @@ def compare(
         unfinished: 'resume' an interrupted run from its last epoch, or 'skip' it (left out of the table).
         measure_speed: Time inference and a training step of every model side by side on random inputs of the
             recipe's input size (`bench_batch_size`, default the recipe's batch size; `threads` CPU threads).
+        data_path: How runs read images (`train_and_evaluate`); it does not change what they compute.
     """
     if not specs:
         raise ValueError('Give at least one model to compare.')
@@ -361,11 +542,27 @@ def compare(
         raise ValueError(f'--bench-batch-size must be at least 1, got {bench_batch_size}.')
     if threads < 1 or rounds < 1:
         raise ValueError(f'--threads and --rounds must be at least 1, got {threads} and {rounds}.')
-    for split in (train_args['train_split'], train_args['val_split']):
-        check_image_folder(data_dir, split)
-    output_dir = Path(output_dir)
-    _check_study(output_dir, _recipe_record(train_args, data_dir, epochs))
+    if data_path not in DATA_PATHS:
+        raise ValueError(f'--data-path must be one of {DATA_PATHS}, got {data_path!r}.')
+    recipe = _recipe_record(train_args, data_dir, epochs)
+    train_args = complete_train_args(train_args)
+    check_specs(specs, train_args['num_classes'], seeds)
+    check_class_maps(data_dir, train_args['train_split'], train_args['val_split'], train_args['num_classes'])
+    output_dir = check_writable_folder(output_dir)
+    with exclusive_folder(output_dir, 'compare'):
+        _check_study(output_dir, recipe)
+        results = _train_all(specs, train_args, data_dir, output_dir, seeds, epochs, unfinished, progress, data_path)
+    rows = summarize_runs(specs, results)
+    if measure_speed and rows:
+        rows = _with_speed(specs, rows, train_args, bench_batch_size or train_args['batch_size'], threads, rounds,
+                           progress)
+    return rows, results
 
+
+def _train_all(specs: Sequence[ModelSpec], train_args: Dict[str, Any], data_dir: Path, output_dir: Path,
+               seeds: Sequence[int], epochs: Optional[int], unfinished: str, progress: bool, data_path: str
+               ) -> List[RunResult]:
+    """ The results of every (spec, seed): read back where finished, trained (or resumed) where not."""
     # seed-major: every model's first seed before any model's second, so a study cut short still compares all
     runs = sorted(((spec, seed, rank, index) for index, spec in enumerate(specs)
                    for rank, seed in enumerate(spec.seeds if spec.seeds is not None else seeds)),
@@ -384,15 +581,12 @@ def compare(
                 print(f'{prefix}unfinished, skipped (--unfinished skip)', file=sys.stderr, flush=True)
             continue
         result = train_and_evaluate(spec.model_name, train_args, data_dir, run_dir, epochs=epochs,
-                                    model_kwargs=spec.kwargs, seed=seed, progress=progress, progress_prefix=prefix)
+                                    model_kwargs=spec.kwargs, seed=seed, progress=progress, progress_prefix=prefix,
+                                    data_path=data_path)
+        stop_if_terminated()  # a SIGTERM during the last evaluation leaves the run unfinished, not recorded
         write_text_whole(run_dir / RESULT_FILE, json.dumps(result.to_json(), indent=2))
         results.append(result)
-
-    rows = summarize_runs(specs, results)
-    if measure_speed and rows:
-        rows = _with_speed(specs, rows, train_args, bench_batch_size or train_args['batch_size'], threads, rounds,
-                           progress)
-    return rows, results
+    return results
 
 
 def _as_json(kwargs: Dict[str, Any]) -> Any:
@@ -421,14 +615,17 @@ def _is_mod(model: nn.Module) -> bool:
 
 def _with_speed(specs: Sequence[ModelSpec], rows: List[ComparisonRow], train_args: Dict[str, Any],
                 batch_size: int, threads: int, rounds: int, progress: bool) -> List[ComparisonRow]:
-    """ The rows with inference and training-step times, every model timed round-robin in this process."""
-    input_size = tuple(train_args.get('input_size') or (3, train_args['img_size'], train_args['img_size']))
+    """ The rows with inference and training-step times, every model timed round-robin in this process, at the
+    input size training resolved (the arg file's, else the model's own)."""
     by_label = {spec.label: spec for spec in specs}
     models = {}
     for row in rows:
         torch.manual_seed(0)
         spec = by_label[row.label]
-        models[row.label] = timm.create_model(spec.model_name, num_classes=train_args['num_classes'], **spec.kwargs)
+        models[row.label] = timm.create_model(spec.model_name, **_num_classes(train_args['num_classes']),
+                                              **spec.kwargs)
+    num_classes = next(iter(models.values())).num_classes
+    input_size = tuple(resolve_data_config(train_args, model=next(iter(models.values())))['input_size'])
     baseline = next((label for label, model in models.items() if not _is_mod(model)), rows[0].label)
     times = {}
     for task in ('inference', 'train'):
@@ -436,7 +633,7 @@ def _with_speed(specs: Sequence[ModelSpec], rows: List[ComparisonRow], train_arg
             print(f'timing {task} of {len(models)} models side by side ({threads} thread(s), batch {batch_size})',
                   file=sys.stderr, flush=True)
         setting = BenchSetting(batch_size=batch_size, threads=threads, task=task)
-        steps = {label: make_step(model, setting, num_classes=train_args['num_classes'], input_size=input_size)
+        steps = {label: make_step(model, setting, num_classes=num_classes, input_size=input_size)
                  for label, model in models.items()}
         times[task] = time_side_by_side(steps, threads=threads, rounds=rounds)
     return [ComparisonRow(**dict(

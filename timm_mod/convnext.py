@@ -14,7 +14,7 @@ from timm.models import register_model, generate_default_cfgs
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock, _init_weights
 
 from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
-from .mod import ModFamily, UnsupportedBlock, apply_mod, norm_layer_of, register_family
+from .mod import ModFamily, UnsupportedModelError, apply_mod, norm_layer_of, register_family
 
 __all__ = ['CONVNEXT_FAMILY', 'MoDConvNeXt', 'convnext_block_config']
 
@@ -22,7 +22,7 @@ __all__ = ['CONVNEXT_FAMILY', 'MoDConvNeXt', 'convnext_block_config']
 def convnext_block_config(dense: nn.Module) -> Dict[str, Any]:
     """ The settings of a timm ConvNeXtBlock, read back from the block (layer scale starts at timm's 1e-6)."""
     if not isinstance(dense, ConvNeXtBlock):
-        raise UnsupportedBlock(f'MoD for ConvNeXt wraps ConvNeXtBlock, not {type(dense).__name__}.')
+        raise UnsupportedModelError(f'MoD for ConvNeXt wraps ConvNeXtBlock, not {type(dense).__name__}.')
     fc1 = dense.mlp.fc1.weight
     return dict(
         kernel_size=dense.conv_dw.kernel_size[0],

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections import defaultdict
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Opti
 import numpy as np
 import torch
 import torch.nn as nn
+
+from ._output import check_replaceable_folder, scratch_folder, staged_output
 
 if TYPE_CHECKING:  # imported where used: each runtime is an optional extra
     import onnx
@@ -112,8 +115,8 @@ def runtime_operator_times(path: Path, runtime: str, threads: int, x: np.ndarray
     require_runtime(runtime)
     times: Dict[str, float] = defaultdict(float)
     if runtime == 'onnxruntime':
-        with tempfile.TemporaryDirectory() as profile_dir:
-            session = _onnxruntime_session(path, threads, Path(profile_dir))
+        with scratch_folder('timm-mod-runtime-profile') as profile_dir:
+            session = _onnxruntime_session(path, threads, profile_dir)
             input_name = session.get_inputs()[0].name
             for _ in range(warmup + steps):
                 session.run(None, {input_name: x})
@@ -199,10 +202,10 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Iterable[np.nda
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from ._output import staged_output
     require_runtime('onnxruntime')
     model = onnx.load(str(fp32_path))
-    with staged_output(Path(int8_path)) as staged, _without_preprocessing_advice():
+    scratch = Path(int8_path).parent / '.timm-mod-quantize-scratch'
+    with staged_output(Path(int8_path)) as staged, _without_preprocessing_advice(), _temp_files_in(scratch):
         quantize_static(
             model, staged, _Batches(model.graph.input[0].name, calibration), quant_format=QuantFormat.QDQ,
             per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -232,14 +235,14 @@ def accuracy_table_rows(rows: List[AccuracyRow]) -> List[Tuple[str, ...]]:
             for r in rows]
 
 
-def _split_loader(data_dir: Path, split: str, data_config: Dict, batch_size: int, limit: Optional[int] = None
-                  ) -> 'torch.utils.data.DataLoader':
-    """ An ImageFolder split through timm's eval transform; `limit` takes that many images spread over the classes
-    (a seeded shuffle), for calibration."""
+def _split_loader(data_dir: Path, split: str, data_config: Dict, batch_size: int, class_map: Dict[str, int],
+                  limit: Optional[int] = None) -> 'torch.utils.data.DataLoader':
+    """ An ImageFolder split through timm's eval transform, labelled with the training split's `class_map`;
+    `limit` takes that many images spread over the classes (a seeded shuffle), for calibration."""
     from timm.data import create_dataset, create_transform
     from .compare import check_image_folder
     check_image_folder(data_dir, split)
-    dataset = create_dataset('', root=str(data_dir), split=split)
+    dataset = create_dataset('', root=str(data_dir), split=split, class_map=class_map)
     dataset.transform = create_transform(**data_config)
     if limit is not None:
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit]
@@ -266,19 +269,26 @@ def int8_accuracy(
         calibration_images: int = 256,
         batch_size: int = 32,
         threads: int = 0,
+        train_split: str = 'train',
+        overwrite: bool = False,
         progress: bool = True,
 ) -> List[AccuracyRow]:
     """ What int8 costs a trained model: its ONNX export (any batch size) and that export quantized with
     `quantize_int8`, calibrated on `calibration_images` images of the training split, scored beside PyTorch on
-    the held-out split in each runtime. `output_dir` receives model.onnx, model_int8.onnx and accuracy.json,
-    written beside it and swapped in whole.
+    the held-out split in each runtime. Images are labelled with the class map of `train_split`, the split the
+    model learned. `output_dir` receives model.onnx, model_int8.onnx and accuracy.json, written beside it and
+    swapped in whole: an existing non-empty `output_dir` is replaced only with `overwrite`, and never when it
+    holds the data.
     """
-    from ._output import staged_output
+    from .compare import check_class_maps
     check_accuracy_options(calibration_images, batch_size, threads)
-    for runtime in runtimes:
+    check_replaceable_folder(output_dir, overwrite, keep=(data_dir,))
+    for runtime in ('onnxruntime', *runtimes):  # onnxruntime quantizes, whichever runtimes score
         require_runtime(runtime)
-    calibration = _split_loader(data_dir, calibration_split, data_config, batch_size, limit=calibration_images)
-    held_out = _split_loader(data_dir, split, data_config, batch_size)
+    class_map = check_class_maps(data_dir, train_split, split, getattr(model, 'num_classes', None))
+    calibration = _split_loader(data_dir, calibration_split, data_config, batch_size, class_map,
+                                limit=calibration_images)
+    held_out = _split_loader(data_dir, split, data_config, batch_size, class_map)
     model = model.eval()
     with staged_output(Path(output_dir)) as staged:
         staged.mkdir()
@@ -290,20 +300,44 @@ def int8_accuracy(
         int8_path = quantize_int8(fp32_path, staged / 'model_int8.onnx',
                                   (images.numpy() for images, _ in calibration))
         rows = _score(model, held_out, {'float32': fp32_path, 'int8': int8_path}, runtimes,
-                      threads or (os.cpu_count() or 1), progress)
+                      threads or (os.cpu_count() or 1), staged / '.routing', progress)
         (staged / 'accuracy.json').write_text(json.dumps([asdict(row) for row in rows], indent=2) + '\n')
     return rows
 
 
+@contextlib.contextmanager
+def _removed_after(folder: Path) -> Iterator[None]:
+    shutil.rmtree(folder, ignore_errors=True)  # a killed run's
+    folder.mkdir()
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _temp_files_in(folder: Path) -> Iterator[None]:
+    """ Python's temporary files (onnxruntime's quantizer writes a model-sized one) go to `folder` beside the
+    output, which a killed run's successor clears, rather than to the system's temp folder, which nothing clears."""
+    saved = tempfile.tempdir
+    with _removed_after(folder):
+        tempfile.tempdir = str(folder)
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved
+
+
 def _score(model: nn.Module, loader: 'torch.utils.data.DataLoader', exports: Dict[str, Path],
-           runtimes: Tuple[str, ...], threads: int, progress: bool) -> List[AccuracyRow]:
+           runtimes: Tuple[str, ...], threads: int, routed_dir: Path, progress: bool) -> List[AccuracyRow]:
     """ Top-1, agreement with PyTorch's class and routing, and logit distance of PyTorch and of each export in
-    each runtime, over `loader`. The routings are read from copies of the exports that also output each TopK's
-    channels (the files themselves stay as they are)."""
+    each runtime, over `loader`. The routings are read from copies of the exports in `routed_dir` (inside the
+    output's staging folder, so a killed run's copies go with it) that also output each TopK's channels; the
+    folder is removed at the end."""
     from .selection import routing_hooks, selector_blocks
     blocks = selector_blocks(model)
     pytorch_routing: Dict[str, torch.Tensor] = {}  # the latest forward pass's channels, by block
-    with tempfile.TemporaryDirectory() as routed_dir, routing_hooks(blocks, pytorch_routing.__setitem__):
+    with _removed_after(routed_dir), routing_hooks(blocks, pytorch_routing.__setitem__):
         sessions = {}
         for precision, path in exports.items():
             routed_path = Path(routed_dir) / f'{precision}.onnx'

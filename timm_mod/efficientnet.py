@@ -22,7 +22,7 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
 
 from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
-from .mod import ModFamily, UnsupportedBlock, apply_mod, norm_layer_of, register_family
+from .mod import ModFamily, UnsupportedModelError, apply_mod, norm_layer_of, register_family
 
 __all__ = ['EFFICIENTNET_FAMILY', 'MoDEfficientNet', 'efficientnet_block_config']
 
@@ -40,7 +40,7 @@ def efficientnet_block_config(dense: nn.Module) -> Dict[str, Any]:
     Its SE keeps the dense block's squeeze ratio, activation and gate.
     """
     if not isinstance(dense, MOD_BLOCK_TYPES):
-        raise UnsupportedBlock(
+        raise UnsupportedModelError(
             f'MoD for the EfficientNet family wraps InvertedResidual and DepthwiseSeparableConv blocks, not '
             f'{type(dense).__name__}; this model has one where MoD would go.')
     dw_channels, dw_groups = dense.conv_dw.in_channels, dense.conv_dw.groups

@@ -21,7 +21,7 @@ from timm.data import resolve_data_config
 from timm.models import save_for_hf
 
 from ._builder import is_mod_model_name
-from ._output import staged_output
+from ._output import check_replaceable_folder, staged_output
 from .checkpoint import Checkpoint, model_from_checkpoint
 from .mod import MoDBlock, find_family
 from .zoo import OUR_MODELS, PAPER_MODELS, measure
@@ -202,9 +202,8 @@ def publish(
         raise ValueError('Give exactly one of --out-dir (a local folder) or --repo-id (push to the Hub).')
     token = check_hub_access(repo_id) if repo_id else None
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-            raise FileExistsError(f'{out_dir} exists and is not empty; choose another --out-dir or pass --overwrite.')
+        out_dir = check_replaceable_folder(out_dir, overwrite, keep=(checkpoint_path, results_file, data_dir),
+                                           option='--out-dir')
     if not is_mod_model_name(model_name):
         raise ValueError(
             f'{model_name!r} is not a registered MoD model, and timm could not rebuild a to_mod-converted '

@@ -27,8 +27,8 @@ __all__ = [
     'ChannelSelector', 'MoDBlock', 'check_mod_options', 'mod_width', 'top_k_channels', 'gather_channels',
     'random_channel_indices', 'fixed_channel_indices', 'fuse_channels', 'fuse_at_indices', 'set_in_place_fusion',
     'block_in_channels', 'norm_layer_of', 'mod_every_second_block', 'mod_block_for',
-    'ModFamily', 'MOD_FAMILIES', 'UnsupportedBlock', 'register_family', 'find_family', 'mod_positions', 'default_c',
-    'apply_mod', 'to_mod',
+    'ModFamily', 'MOD_FAMILIES', 'UnsupportedModelError', 'register_family', 'find_family', 'mod_positions',
+    'default_c', 'apply_mod', 'to_mod',
 ]
 
 FUSION_TARGETS = ('first', 'last', 'original')
@@ -522,7 +522,7 @@ def find_family(model: nn.Module) -> ModFamily:
         if isinstance(model, family.model_types):
             return family
     supported = '; '.join(f'{f.name} ({", ".join(t.__name__ for t in f.model_types)})' for f in MOD_FAMILIES)
-    raise TypeError(
+    raise UnsupportedModelError(
         f'to_mod does not support {type(model).__name__} models; supported timm model classes: {supported}. '
         f'Build a model of one of these with timm.create_model (not features_only), or declare a ModFamily.')
 
@@ -533,19 +533,21 @@ def mod_positions(model: nn.Module, family: ModFamily) -> List[Tuple[nn.Module, 
             for stage in family.stages(model) for name, block in list(stage.named_children())[1::2]]
 
 
-class UnsupportedBlock(TypeError):
-    """ A block that its family's declaration cannot rebuild at width k (raised with the reason)."""
+class UnsupportedModelError(TypeError, ValueError):
+    """ A model, or one of its blocks, that MoD cannot convert (raised with the reason). A TypeError for
+    `to_mod`'s callers, a ValueError so that commands report it as a one-line error."""
+
 
 
 def _family_call(family: ModFamily, name: str, dense: nn.Module, call: Callable[[], Any]) -> Any:
     """ Run family code on a timm block; a block built from other layers than the family declares (MixNet's
-    mixed convolutions, CondConv, group norms, ...) becomes a clear UnsupportedBlock naming it."""
+    mixed convolutions, CondConv, group norms, ...) becomes a clear UnsupportedModelError naming it."""
     try:
         return call()
-    except UnsupportedBlock as error:
-        raise UnsupportedBlock(f'{name}: {error}') from error
+    except UnsupportedModelError as error:
+        raise UnsupportedModelError(f'{name}: {error}') from error
     except Exception as error:
-        raise UnsupportedBlock(
+        raise UnsupportedModelError(
             f'MoD for {family.name} cannot rebuild the {type(dense).__name__} at {name} at a smaller width '
             f'({type(error).__name__}: {error}); this model uses layers the {family.name} declaration does not '
             f'cover.') from error

@@ -15,7 +15,7 @@ from timm.models import register_model, generate_default_cfgs
 from timm.models.regnet import Bottleneck, RegNet, RegStage, _init_weights, model_cfgs
 
 from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
-from .mod import ModFamily, UnsupportedBlock, apply_mod, norm_layer_of, register_family
+from .mod import ModFamily, UnsupportedModelError, apply_mod, norm_layer_of, register_family
 
 __all__ = ['MoDRegNet', 'REGNET_FAMILY', 'regnet_block_config']
 
@@ -27,7 +27,8 @@ def regnet_block_config(dense: nn.Module, width: int) -> Dict[str, Any]:
     so its group width is the dense one divided by c.
     """
     if not isinstance(dense, Bottleneck):
-        raise UnsupportedBlock(f'MoD for RegNet wraps its Bottleneck (RegNetX, RegNetY), not {type(dense).__name__}.')
+        raise UnsupportedModelError(
+            f'MoD for RegNet wraps its Bottleneck (RegNetX, RegNetY), not {type(dense).__name__}.')
     channels = dense.conv1.conv.in_channels
     bottle_ratio = dense.conv1.conv.out_channels / channels
     groups = dense.conv2.conv.groups

@@ -14,7 +14,7 @@ from timm.models import register_model, generate_default_cfgs
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
-from .mod import ModFamily, UnsupportedBlock, apply_mod, norm_layer_of, register_family
+from .mod import ModFamily, UnsupportedModelError, apply_mod, norm_layer_of, register_family
 
 __all__ = ['MoDResNet', 'RESNET_FAMILY', 'resnet_block_config', 'slim_resnet_block']
 
@@ -33,7 +33,7 @@ def resnet_block_config(dense: nn.Module) -> Dict[str, Any]:
     elif isinstance(dense, BasicBlock):
         width, cardinality, base_width = dense.conv2.out_channels, 1, 64
     else:
-        raise UnsupportedBlock(f'A timm ResNet block is a BasicBlock or Bottleneck, not {type(dense).__name__}.')
+        raise UnsupportedModelError(f'A timm ResNet block is a BasicBlock or Bottleneck, not {type(dense).__name__}.')
     return dict(
         cardinality=cardinality,
         base_width=base_width,

@@ -21,12 +21,12 @@ import torch.nn as nn
 from timm.data import create_dataset, create_transform, resolve_data_config
 
 from ._builder import create_mod_model
-from ._output import staged_output
+from ._output import check_output_folder, staged_output
 from .mod import MoDBlock, top_k_channels
 
 __all__ = [
     'SelectionCounts', 'BlockSummary', 'load_model', 'selector_blocks', 'routing_hooks', 'count_selections',
-    'summarize', 'check_output_folder', 'write_selection',
+    'summarize', 'write_selection',
 ]
 
 
@@ -177,14 +177,6 @@ def summarize(selection: SelectionCounts, top: Optional[int] = None) -> List[Blo
             name, counts.shape[1], k, int((overall > 0).sum()), entropy, math.log2(counts.shape[1]),
             sum(overlaps) / len(overlaps) if overlaps else float('nan')))
     return summaries
-
-
-def check_output_folder(output: Path) -> Path:
-    """ The output folder, or a clear error before any counting when the path is a file."""
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise ValueError(f'--output {output} is a file; give a folder for the results.')
-    return output
 
 
 def write_selection(
