@@ -1,13 +1,17 @@
 """ Fixtures shared by the test modules: small real ImageFolders and a train.py arg file sized for them."""
+import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
+import torch
 import yaml
 from PIL import Image
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / 'timm-mod'
+INPUT = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
 
 TINY_RECIPE = dict(
     num_classes=2, train_split='train', val_split='validation', input_size=[3, 32, 32], crop_pct=1.0,
@@ -41,3 +45,30 @@ def recipe_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp('recipe') / 'tiny.yaml'
     path.write_text(yaml.safe_dump(TINY_RECIPE))
     return path
+
+
+def train_py_checkpoint(
+        path: Path, model_name: str, num_classes: int = 5, ema: bool = False, **model_kwargs) -> torch.nn.Module:
+    """ A checkpoint laid out as train.py's CheckpointSaver writes it, from two real SGD steps."""
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, num_classes=num_classes, **model_kwargs)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(2):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(INPUT), torch.tensor([0, 1])).backward()
+        optimizer.step()
+    args = argparse.Namespace(model=model_name, num_classes=num_classes, model_kwargs=model_kwargs,
+                              input_size=[3, 64, 64], crop_pct=0.9, interpolation='bicubic')
+    checkpoint = {'epoch': 1, 'arch': model_name, 'state_dict': model.state_dict(), 'args': args, 'metric': 12.5}
+    if ema:
+        checkpoint['state_dict_ema'] = {
+            k: v + 0.5 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save(checkpoint, path)
+    return model.eval()
+
+
+@pytest.fixture(scope='session')
+def digits(tmp_path_factory) -> Path:
+    """ The quickstart's digits ImageFolder, written once for the session (read-only for the tests)."""
+    from timm_mod.experiments.quickstart import write_digits
+    return write_digits(tmp_path_factory.mktemp('data') / 'digits')

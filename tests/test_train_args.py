@@ -1,12 +1,13 @@
-""" train_args/: every file is a valid train.py arg file, and the recipes are the paper's (SPEC.md section 5)."""
+""" train_args/: every file is a valid train.py arg file, and the recipes are the paper's (paper Appendix A.1)."""
 import argparse
 from pathlib import Path
 from typing import Any, Dict
 
 import pytest
 
-from timm_mod.quickstart import load_train_args, quickstart_args_file
-from timm_mod.zoo import PAPER_MODELS
+from timm_mod.experiments.quickstart import quickstart_args_file
+from timm_mod.experiments.recipe import load_train_args
+from timm_mod.models.zoo import PAPER_MODELS
 
 ROOT = Path(__file__).parents[1]
 TRAIN_ARGS = sorted((ROOT / 'train_args').glob('*.yaml'))
@@ -55,7 +56,7 @@ def parse_like_train_py(path: Path) -> argparse.Namespace:
 
 def test_there_are_recipes_and_a_quickstart() -> None:
     assert {p.name for p in TRAIN_ARGS} == {
-        'quickstart.yaml', 'resnet_mod_imagenet.yaml', 'mobilenetv2_mod_imagenet.yaml', 'finetune_from_dense.yaml',
+        'quickstart.yaml', 'resnet_mod_imagenet.yaml', 'mobilenetv2_mod_imagenet.yaml', 'finetune_from_plain.yaml',
         'cifar10.yaml'}
     assert quickstart_args_file().read_text() == (ROOT / 'train_args' / 'quickstart.yaml').read_text()
 
@@ -90,12 +91,12 @@ def test_mobilenet_recipe_is_torchvisions_reference() -> None:
 
 def test_finetune_recipe_keeps_the_papers_data_and_lowers_the_learning_rate() -> None:
     paper = load_train_args(ROOT / 'train_args' / 'resnet_mod_imagenet.yaml')
-    finetune = load_train_args(ROOT / 'train_args' / 'finetune_from_dense.yaml')
+    finetune = load_train_args(ROOT / 'train_args' / 'finetune_from_plain.yaml')
     data_keys = ('input_size', 'crop_pct', 'interpolation', 'train_interpolation', 'scale', 'ratio', 'hflip',
                  'color_jitter', 'smoothing', 'batch_size', 'weight_decay', 'opt', 'opt_kwargs')
     assert {key: finetune[key] for key in data_keys} == {key: paper[key] for key in data_keys}
     assert finetune['lr'] == paper['lr'] / 10 and finetune['epochs'] < paper['epochs']
-    assert 'initial-checkpoint' in (ROOT / 'train_args' / 'finetune_from_dense.yaml').read_text()
+    assert 'initial-checkpoint' in (ROOT / 'train_args' / 'finetune_from_plain.yaml').read_text()
 
 
 @pytest.mark.parametrize('name', PAPER_MODELS)

@@ -1,0 +1,120 @@
+""" Channel-selection statistics: exact counts under a forced selector, the command, and its errors."""
+import argparse
+import csv
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from timm_mod.experiments.selection import count_selections, summarize, write_selection
+from conftest import CONSOLE_SCRIPT
+
+FORCED = [5, 30, 1, 17, 9, 22, 12, 3]  # layer3.1 of resnet18_mod: C=256, k=4; layer4.1: C=512, k=8
+
+
+@pytest.fixture(scope='module')
+def image_folder(tmp_path_factory) -> Path:
+    """ A real ImageFolder split: 3 classes of 4, 2 and 3 random RGB images."""
+    root = tmp_path_factory.mktemp('images')
+    rng = np.random.default_rng(0)
+    for name, count in (('cat', 4), ('dog', 2), ('owl', 3)):
+        (root / 'validation' / name).mkdir(parents=True)
+        for index in range(count):
+            pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / 'validation' / name / f'{index}.png')
+    return root
+
+
+def forced_model() -> torch.nn.Module:
+    """ resnet18_mod whose layer4.1 selector always ranks the FORCED channels first, in that order."""
+    model = timm.create_model('resnet18_mod', num_classes=3).eval()
+    selector = model.layer4[1].selector
+    with torch.no_grad():
+        selector.fc1.weight.zero_()
+        selector.fc1.weight[0].fill_(1.0)  # hidden 0 = sum of the (post-ReLU, positive) channel means
+        selector.fc2.weight.fill_(-1.0)
+        selector.fc2.weight[FORCED, 0] = torch.linspace(3.0, 2.0, len(FORCED))
+    return model
+
+
+def test_counts_are_exact_under_a_forced_selector(image_folder: Path) -> None:
+    selection = count_selections(forced_model(), image_folder, 'validation', progress=False)
+    assert selection.class_names == ['cat', 'dog', 'owl'] and selection.samples.tolist() == [4, 2, 3]
+    counts = selection.counts['layer4.1']
+    expected = torch.zeros(3, 512, dtype=torch.long)
+    expected[:, FORCED] = torch.tensor([4, 2, 3])[:, None]
+    assert torch.equal(counts, expected)
+    for name, block_counts in selection.counts.items():
+        assert block_counts.sum(1).tolist() == [n * selection.k[name] for n in (4, 2, 3)]
+    percent = selection.percent('layer4.1')
+    assert torch.allclose(percent[FORCED], torch.full((8,), 12.5, dtype=torch.double)) and percent.sum() == 100
+    forced = next(s for s in summarize(selection) if s.block == 'layer4.1')
+    assert (forced.channels, forced.k, forced.ever_selected) == (512, 8, 8)
+    assert forced.entropy_bits == pytest.approx(3.0) and forced.max_entropy_bits == pytest.approx(9.0)
+    assert forced.class_overlap == 1.0
+
+
+def test_class_subset_and_cap(image_folder: Path) -> None:
+    selection = count_selections(
+        forced_model(), image_folder, 'validation', classes=['cat', 'owl'], max_per_class=2, progress=False)
+    assert selection.samples.tolist() == [2, 0, 2]
+    assert selection.counts['layer4.1'][:, FORCED[0]].tolist() == [2, 0, 2]
+    with pytest.raises(ValueError, match=r"Unknown classes \['cow'\]"):
+        count_selections(forced_model(), image_folder, 'validation', classes=['cow'], progress=False)
+
+
+def test_outputs_are_readable(image_folder: Path, tmp_path: Path) -> None:
+    selection = count_selections(forced_model(), image_folder, 'validation', progress=False)
+    paths = write_selection(selection, tmp_path, plot_classes=['dog'])
+    with open(tmp_path / 'selection.csv', newline='') as f:
+        rows = [r for r in csv.DictReader(f) if r['block'] == 'layer4.1' and r['class'] == 'dog']
+    assert len(rows) == 512 and {int(r['channel']) for r in rows if int(r['count'])} == set(FORCED)
+    report = json.loads((tmp_path / 'selection.json').read_text())
+    assert report['blocks']['layer4.1']['k'] == 8 and report['samples'] == [4, 2, 3]
+    pngs = [p for p in paths if p.suffix == '.png']
+    assert len(pngs) == 4 and all(p.read_bytes()[:4] == b'\x89PNG' for p in pngs)
+
+
+def test_entropy_of_a_uniform_selection() -> None:
+    from timm_mod.experiments.selection import SelectionCounts
+    selection = SelectionCounts(['a', 'b'], torch.tensor([1, 1]), {'x': torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]])},
+                                {'x': 2})
+    (summary,) = summarize(selection)
+    assert summary.entropy_bits == pytest.approx(2.0) and summary.class_overlap == 0.0
+    assert math.isclose(summary.max_entropy_bits, 2.0)
+
+
+def test_model_without_mod_blocks_is_a_clear_error(image_folder: Path) -> None:
+    with pytest.raises(ValueError, match='has no MoD block with a channel selector'):
+        count_selections(timm.create_model('resnet18', num_classes=3), image_folder, 'validation', progress=False)
+
+
+def test_command_on_quickstart_data_and_mismatched_checkpoint(tmp_path: Path) -> None:
+    from timm_mod.experiments.quickstart import write_digits
+    digits = write_digits(tmp_path / 'digits')
+    checkpoint = tmp_path / 'model.pth.tar'
+    model = timm.create_model('resnet18_mod', num_classes=10)
+    args = argparse.Namespace(model='resnet18_mod', input_size=[3, 32, 32], crop_pct=1.0, interpolation='bicubic')
+    torch.save({'state_dict': model.state_dict(), 'args': args}, checkpoint)
+    run = subprocess.run(
+        [str(CONSOLE_SCRIPT), 'selection', '--model', 'resnet18_mod', '--checkpoint', str(checkpoint),
+         '--data-dir', str(digits), '--max-per-class', '3', '--classes', '0', '1', '7',
+         '--output', str(tmp_path / 'out')],
+        capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines()[0].split()[:3] == ['block', 'C', 'k']
+    assert [line.split()[0] for line in run.stdout.splitlines()[1:]] == ['layer1.1', 'layer2.1', 'layer3.1', 'layer4.1']
+    assert (tmp_path / 'out' / 'selection_layer3_1.png').read_bytes()[:4] == b'\x89PNG'
+
+    other = tmp_path / 'other.pth.tar'
+    torch.save({'state_dict': timm.create_model('resnet18_mod', c=32, num_classes=10).state_dict()}, other)
+    run = subprocess.run(
+        [str(CONSOLE_SCRIPT), 'selection', '--model', 'resnet18_mod', '--checkpoint', str(other),
+         '--data-dir', str(digits), '--output', str(tmp_path / 'out2')], capture_output=True, text=True)
+    assert run.returncode != 0 and 'another c' in run.stderr

@@ -1,0 +1,47 @@
+""" Reading training checkpoints and building the model they fit."""
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from timm_mod import MoDBlock
+from timm_mod.models.checkpoint import infer_num_classes, load_checkpoint_file, model_from_checkpoint
+
+
+def test_load_checkpoint_rejects_garbage(tmp_path: Path) -> None:
+    (tmp_path / 'bad.pth.tar').write_bytes(b'not a checkpoint')
+    with pytest.raises(ValueError, match='not a readable PyTorch checkpoint'):
+        load_checkpoint_file(tmp_path / 'bad.pth.tar')
+
+
+def test_model_from_checkpoint_infers_classes_and_keeps_the_weights(tmp_path: Path) -> None:
+    source = timm.create_model('mobilenetv2_mod', num_classes=6)
+    save_file(source.state_dict(), str(tmp_path / 'w.safetensors'))
+    assert infer_num_classes('mobilenetv2_mod', source.state_dict()) == 6
+    model, checkpoint, model_kwargs = model_from_checkpoint('mobilenetv2_mod', tmp_path / 'w.safetensors')
+    assert model.num_classes == 6 and model_kwargs == {} and checkpoint.train_args == {}
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_unknown_model_and_missing_file_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Unknown model 'resnet18_modd'"):
+        model_from_checkpoint('resnet18_modd', tmp_path / 'w.safetensors')
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        model_from_checkpoint('resnet18_mod', tmp_path / 'w.safetensors')
+
+
+def test_plain_model_checkpoint_loads_as_plain_or_refuses_as_mod(tmp_path: Path) -> None:
+    """ `timm-mod quantize` measures plain baselines as they are (convert_plain=False); built as MoD, the plain
+    weights are a named mismatch."""
+    plain = timm.create_model('resnet18', num_classes=10)
+    torch.save({'state_dict': plain.state_dict()}, tmp_path / 'plain.pth.tar')
+    model, _, _ = model_from_checkpoint('resnet18', tmp_path / 'plain.pth.tar', convert_plain=False)
+    assert type(model) is type(plain) and not any(isinstance(m, MoDBlock) for m in model.modules())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), plain.eval()(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match='a checkpoint of the plain model'):
+        model_from_checkpoint('resnet18', tmp_path / 'plain.pth.tar')

@@ -1,0 +1,1 @@
+""" The `timm-mod` command line: argument parsing and printing only; nothing in the package imports it."""

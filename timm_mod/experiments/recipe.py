@@ -1,0 +1,75 @@
+""" train.py arg files as a study reads them: train.py's defaults for what a file leaves out, train.py's derived
+learning rate, and one-line errors for files that cannot train."""
+from pathlib import Path
+from typing import Any, Dict
+
+import yaml
+
+__all__ = ['TRAIN_PY_DEFAULTS', 'load_train_args', 'complete_train_args']
+
+
+# train.py's defaults (timm 1.0) for the options a study reads: what an arg file leaves out trains as train.py
+# would train it. `lr: None` is derived from `lr_base` as train.py derives it (`complete_train_args`).
+TRAIN_PY_DEFAULTS: Dict[str, Any] = dict(
+    train_split='train', val_split='validation', num_classes=None, input_size=None, img_size=None, crop_pct=None,
+    mean=None, std=None, interpolation='', train_interpolation='random', scale=[0.08, 1.0],
+    ratio=[3 / 4, 4 / 3], hflip=0.5, vflip=0.0, color_jitter=0.4, drop=0.0, smoothing=0.1, batch_size=128,
+    workers=4, epochs=300, seed=42, opt='sgd', lr=None, lr_base=0.1, lr_base_size=256, lr_base_scale='',
+    momentum=0.9, weight_decay=2e-5, sched='cosine', warmup_epochs=5, warmup_lr=1e-5, min_lr=0.0,
+    decay_epochs=90, decay_milestones=[90, 180, 270], decay_rate=0.1, cooldown_epochs=0, patience_epochs=10,
+    lr_noise=None, lr_noise_pct=0.67, lr_noise_std=1.0, lr_cycle_mul=1.0, lr_cycle_decay=0.5, lr_cycle_limit=1,
+    lr_k_decay=1.0, sched_on_updates=False, warmup_prefix=False, val_interval=1, channels_last=False, amp=False,
+    amp_dtype='float16')
+
+# train.py options that change training and that a study does not implement, with train.py's defaults: an arg file
+# that sets one otherwise is refused rather than trained without it.
+_NOT_IMPLEMENTED = dict(
+    aa=None, reprob=0.0, mixup=0.0, cutmix=0.0, cutmix_minmax=None, drop_connect=None, drop_path=None,
+    drop_block=None, model_ema=False, clip_grad=None, grad_accum_steps=1, bce_loss=False, jsd_loss=False,
+    aug_repeats=0, aug_splits=0, train_crop_mode=None, gp=None, bn_momentum=None, bn_eps=None,
+    initial_checkpoint='', pretrained=False, resume='', start_epoch=None, epoch_repeats=0.0, class_map='',
+    train_num_samples=None)
+
+
+def load_train_args(path: Path) -> Dict[str, Any]:
+    """ A train.py arg file, read the way train.py reads `-c FILE` (a flat YAML mapping of option names), checked
+    (`complete_train_args`) so that a mistake is a one-line error naming the file, before any work."""
+    path = Path(path)
+    try:
+        args = yaml.safe_load(path.read_text(encoding='utf-8'))
+    except FileNotFoundError:
+        raise FileNotFoundError(f'No arg file {path}; give a train.py YAML file, e.g. train_args/cifar10.yaml.') \
+            from None
+    except UnicodeDecodeError:
+        raise ValueError(f'{path} is not a text file; give a train.py arg file (YAML).') from None
+    except yaml.YAMLError as error:
+        where = getattr(error, 'problem_mark', None)
+        raise ValueError(f'{path} is not valid YAML{f" (line {where.line + 1})" if where else ""}: '
+                         f'{getattr(error, "problem", None) or error}.') from None
+    if not isinstance(args, dict):
+        raise ValueError(f'{path} is not a train.py arg file: expected a mapping of train.py option names.')
+    complete_train_args(args, source=str(path))
+    return args
+
+
+def complete_train_args(train_args: Dict[str, Any], source: str = 'the train args') -> Dict[str, Any]:
+    """ The arg file's options over train.py's defaults, with the learning rate train.py derives when `lr` is
+    not given; a clear error for values that cannot train, or options a study does not implement."""
+    args = dict(TRAIN_PY_DEFAULTS, **train_args)
+    for key in ('epochs', 'batch_size'):
+        if not isinstance(args[key], int) or isinstance(args[key], bool) or args[key] < 1:
+            raise ValueError(f'{source}: {key} must be a whole number of at least 1, got {args[key]!r}.')
+    if args['num_classes'] is not None and (not isinstance(args['num_classes'], int) or args['num_classes'] < 1):
+        raise ValueError(f'{source}: num_classes must be a whole number of at least 1, got {args["num_classes"]!r}.')
+    if not isinstance(args['workers'], int) or args['workers'] < 0:
+        raise ValueError(f'{source}: workers must be a whole number of at least 0, got {args["workers"]!r}.')
+    unsupported = sorted(key for key, default in _NOT_IMPLEMENTED.items() if args.get(key) not in (default, None))
+    if unsupported:
+        raise ValueError(f'{source} sets {", ".join(unsupported)}, which timm-mod compare does not implement; train '
+                         f'with timm\'s train.py, or remove them.')
+    if not args['lr']:  # train.py: lr = lr_base * global batch / lr_base_size, sqrt-scaled for adaptive optimizers
+        ratio = args['batch_size'] / args['lr_base_size']
+        scale = args['lr_base_scale'] or ('sqrt' if any(name in args['opt'].lower() for name in ('ada', 'lamb'))
+                                          else 'linear')
+        args['lr'] = args['lr_base'] * (ratio ** 0.5 if scale == 'sqrt' else ratio)
+    return args

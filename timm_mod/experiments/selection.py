@@ -1,0 +1,195 @@
+""" What the channel selector does: how often each channel is selected, per MoD block and per class.
+
+The paper's Section 5.1 and Figure 4. Forward hooks on every selector record its scores; their top k
+(`top_k_channels`, as the block takes them) are exactly the channels the MoD block routes, so the model
+runs unchanged, in eval mode. Frequencies are percentages of all selections in a block, as in
+the paper's figure; they sum to 100 per block and class.
+"""
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from timm.data import create_dataset, create_transform, resolve_data_config
+
+from ..layers import MoDBlock, routing_hooks, selector_blocks
+from ..utils.image_folder import check_image_folder
+from ..utils.output import check_output_folder, staged_output
+from ..utils.tables import pyplot, save_figure
+
+__all__ = [
+    'SelectionCounts', 'BlockSummary', 'count_selections', 'summarize', 'write_selection',
+]
+
+
+@dataclass
+class SelectionCounts:
+    """ counts[block][class, channel]: how many samples of the class routed the channel through the block."""
+    class_names: List[str]
+    samples: torch.Tensor  # (num_classes,) samples seen per class
+    counts: Dict[str, torch.Tensor]
+    k: Dict[str, int]
+
+    def percent(self, block: str, class_index: Optional[int] = None) -> torch.Tensor:
+        """ Share of the block's selections that went to each channel, in percent (all classes if None)."""
+        counts = self.counts[block].sum(0) if class_index is None else self.counts[block][class_index]
+        total = counts.sum()
+        return counts.double() * 100 / total if total > 0 else counts.double()
+
+
+@dataclass(frozen=True)
+class BlockSummary:
+    block: str
+    channels: int
+    k: int
+    ever_selected: int
+    entropy_bits: float  # of the overall selection distribution; log2(k) if always the same k channels
+    max_entropy_bits: float  # log2(channels): every channel equally often
+    class_overlap: float  # mean Jaccard overlap of the per-class top-k channel sets, over class pairs
+
+
+def _selector_blocks(model: nn.Module) -> Dict[str, MoDBlock]:
+    blocks = selector_blocks(model)
+    if not blocks:
+        raise ValueError(
+            f'{type(model).__name__} has no MoD block with a channel selector, so there is no selection to count '
+            f'(a plain timm model, or random routing); use a *_mod model.')
+    return blocks
+
+
+def count_selections(
+        model: nn.Module,
+        data_dir: Path,
+        split: str = 'validation',
+        classes: Optional[Sequence[str]] = None,
+        max_per_class: Optional[int] = None,
+        batch_size: int = 32,
+        data_config: Optional[Dict] = None,
+        progress: bool = True,
+) -> SelectionCounts:
+    """ Count the top-k channels of every MoD block over an ImageFolder split, per class."""
+    if max_per_class is not None and max_per_class < 1:
+        raise ValueError(f'--max-per-class must be at least 1, got {max_per_class}; leave it out to count all.')
+    if batch_size < 1:
+        raise ValueError(f'--batch-size must be at least 1, got {batch_size}.')
+    blocks = _selector_blocks(model)
+    check_image_folder(data_dir, split)
+    dataset = create_dataset('', root=str(data_dir), split=split)
+    class_to_idx = dataset.reader.class_to_idx
+    class_names = sorted(class_to_idx, key=class_to_idx.get)
+    wanted = set(class_names if classes is None else classes)
+    unknown = wanted - set(class_names)
+    if unknown:
+        raise ValueError(f'Unknown classes {sorted(unknown)} in {data_dir}/{split}; it has {class_names}.')
+    taken: Dict[int, int] = {}
+    keep = []
+    for index, (_, target) in enumerate(dataset.reader.samples):
+        if class_names[target] in wanted and (max_per_class is None or taken.get(target, 0) < max_per_class):
+            taken[target] = taken.get(target, 0) + 1
+            keep.append(index)
+    config = data_config or resolve_data_config({}, model=model)
+    dataset.transform = create_transform(**config)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, keep), batch_size=batch_size)
+
+    counts = {
+        name: torch.zeros(len(class_names), block.in_channels, dtype=torch.long) for name, block in blocks.items()}
+    samples = torch.zeros(len(class_names), dtype=torch.long)
+    batch_targets: List[torch.Tensor] = []  # the classes of the batch being run, for the hooks
+
+    def record(name: str, routed: torch.Tensor) -> None:
+        chosen = routed.new_zeros(routed.shape[0], blocks[name].in_channels).scatter_(1, routed, 1)
+        counts[name].index_add_(0, batch_targets[0], chosen)
+
+    model.eval()
+    try:
+        with routing_hooks(blocks, record), torch.no_grad():
+            for batch_index, (images, targets) in enumerate(loader):
+                batch_targets[:] = [targets]
+                model(images)
+                samples += torch.bincount(targets, minlength=len(class_names))
+                if progress:
+                    print(f'\rselection: batch {batch_index + 1}/{len(loader)}', end='', file=sys.stderr, flush=True)
+    finally:
+        if progress:
+            print(file=sys.stderr)
+    return SelectionCounts(class_names, samples, counts, {name: block.k for name, block in blocks.items()})
+
+
+def summarize(selection: SelectionCounts, top: Optional[int] = None) -> List[BlockSummary]:
+    """ Per block: channels ever selected, entropy of the selection distribution, overlap of class top sets."""
+    summaries = []
+    for name, counts in selection.counts.items():
+        k = selection.k[name]
+        overall = counts.sum(0).double()
+        p = overall[overall > 0] / overall.sum()
+        entropy = float(-(p * p.log2()).sum()) + 0.0 if len(p) else 0.0  # + 0.0 turns -0.0 into 0.0
+        seen = [c for c in range(counts.shape[0]) if selection.samples[c] > 0]
+        tops = [set(counts[c].topk(top or k).indices.tolist()) for c in seen]
+        overlaps = [len(a & b) / len(a | b) for a, b in combinations(tops, 2)]
+        summaries.append(BlockSummary(
+            name, counts.shape[1], k, int((overall > 0).sum()), entropy, math.log2(counts.shape[1]),
+            sum(overlaps) / len(overlaps) if overlaps else float('nan')))
+    return summaries
+
+
+def write_selection(
+        selection: SelectionCounts,
+        output: Path,
+        plot_classes: Optional[Sequence[str]] = None,
+) -> List[Path]:
+    """ selection.csv (block, class, channel, count, percent), selection.json, and one PNG per block, each
+    written whole (`staged_output`)."""
+    output = check_output_folder(output)
+    with staged_output(output / 'selection.csv') as staging, open(staging, 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['block', 'class', 'channel', 'count', 'percent'])
+        for name, counts in selection.counts.items():
+            for class_index, class_name in enumerate(selection.class_names):
+                percent = selection.percent(name, class_index)
+                for channel in range(counts.shape[1]):
+                    writer.writerow([name, class_name, channel, int(counts[class_index, channel]),
+                                     f'{float(percent[channel]):.4f}'])
+    report = {
+        'classes': selection.class_names,
+        'samples': selection.samples.tolist(),
+        'blocks': {name: {'k': selection.k[name], 'counts': counts.tolist(),
+                          'percent_all_classes': selection.percent(name).tolist()}
+                   for name, counts in selection.counts.items()},
+        'summary': [s.__dict__ for s in summarize(selection)],
+    }
+    with staged_output(output / 'selection.json') as staging:
+        staging.write_text(json.dumps(report, indent=1))
+    paths = [output / 'selection.csv', output / 'selection.json']
+    return paths + _plot(selection, output, plot_classes)
+
+
+def _plot(selection: SelectionCounts, output: Path, plot_classes: Optional[Sequence[str]]) -> List[Path]:
+    """ Figure 4 of the paper per block: overall frequencies on top, chosen classes below."""
+    plt = pyplot('selection_*.png')
+    if plt is None:
+        return []
+    seen = [n for i, n in enumerate(selection.class_names) if selection.samples[i] > 0]
+    classes = list(plot_classes or seen[:5])
+    paths = []
+    for name in selection.counts:
+        fig, axes = plt.subplots(len(classes) + 1, 1, figsize=(10, 1.6 * (len(classes) + 1)), sharex=True,
+                                 squeeze=False)
+        axes = axes[:, 0]
+        channels = range(selection.counts[name].shape[1])
+        panels = [('all counted classes', None)] + [(f'class {c}', selection.class_names.index(c)) for c in classes]
+        for ax, (title, class_index) in zip(axes, panels):
+            ax.bar(channels, selection.percent(name, class_index).numpy(), width=1.0,
+                   color='#555555' if class_index is None else '#3b75af')
+            ax.set_ylabel('%', fontsize=8)
+            ax.set_title(title, fontsize=9, loc='left')
+        axes[-1].set_xlabel('channel')
+        fig.suptitle(f'{name}: share of the top-{selection.k[name]} selections per channel', fontsize=10)
+        fig.tight_layout()
+        paths.append(save_figure(fig, output / f"selection_{name.replace('.', '_')}.png", dpi=100))
+    return paths

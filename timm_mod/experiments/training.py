@@ -1,0 +1,253 @@
+""" One model trained from scratch with train.py's recipe semantics and evaluated on the held-out split.
+
+Training uses the components timm's train.py uses (`create_dataset`, `create_loader`, `optimizer_kwargs` +
+`create_optimizer_v2`, `scheduler_kwargs` + `create_scheduler_v2`, the loss, `CheckpointSaver`, `accuracy`),
+configured by the same YAML file train.py reads with `-c`, so stock train.py and validate.py reproduce a run on the
+same data folder. Where the images fit in memory they are decoded once and augmented as tensors
+(`utils.in_memory_data`), which a CPU trains at the speed of its arithmetic.
+
+Runs are long and die: a run keeps train.py's `last.pth.tar` after every epoch and resumes from it. Each epoch
+draws its randomness (shuffling, augmentation, random routing) from generators seeded by (seed, epoch), so a
+resumed run trains exactly as an uninterrupted one.
+"""
+import argparse
+import contextlib
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+import yaml
+from timm.data import create_dataset, create_loader, resolve_data_config
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.models import resume_checkpoint
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.utils import AverageMeter, CheckpointSaver, accuracy, random_seed
+
+from ..models import measure, require_registered
+from ..utils.image_folder import check_class_maps
+from ..utils.in_memory_data import (
+    DATA_PATHS, InMemorySplit, eval_batches, eval_split, in_memory_unsupported, train_batches)
+from ..utils.output import stop_if_terminated
+from .recipe import complete_train_args
+
+__all__ = ['RunResult', 'run_label', 'train_and_evaluate', 'num_classes_kwargs']
+
+
+def run_label(model_name: str, model_kwargs: Dict[str, Any]) -> str:
+    """ How tables and plots name a model with kwargs: `resnet18_mod routing=random`."""
+    return ' '.join([model_name] + [f'{key}={value!r}' if isinstance(value, str) else f'{key}={value}'
+                                    for key, value in model_kwargs.items()]).replace("'", '')
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """ One trained model, evaluated on the held-out split after its last epoch."""
+    model_name: str
+    params: int
+    macs: float
+    top1: float
+    checkpoint_dir: Path
+    label: str = ''
+    seed: int = 0
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    epochs: int = 0
+    train_seconds: float = 0.0  # wall time of the training epochs (evaluation excluded), as run
+    curve: List[Dict[str, Any]] = field(default_factory=list)  # per epoch: train_loss, top1 (None: not evaluated)
+
+    def to_json(self) -> Dict[str, Any]:
+        return dict(asdict(self), checkpoint_dir=str(self.checkpoint_dir))
+
+    @classmethod
+    def from_json(cls, record: Dict[str, Any]) -> 'RunResult':
+        return cls(**dict(record, checkpoint_dir=Path(record['checkpoint_dir'])))
+
+
+def _evaluate(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+              autocast: Callable[[], ContextManager]) -> float:
+    model.eval()
+    top1 = AverageMeter()
+    with torch.no_grad(), autocast():
+        for images, targets in batches:
+            top1.update(accuracy(model(images), targets)[0].item(), images.shape[0])
+    return top1.avg
+
+
+def _autocast(cfg: argparse.Namespace) -> Callable[[], ContextManager]:
+    """ train.py's `amp`: CPU autocast to `amp_dtype`; without it, nothing."""
+    if not cfg.amp:
+        return contextlib.nullcontext
+    dtype = {'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg.amp_dtype]
+    return lambda: torch.autocast('cpu', dtype=dtype)
+
+
+def _data_path(data_path: str, cfg: argparse.Namespace, data_dir: Path, class_map: Dict[str, int],
+               data_config: Dict[str, Any], progress: bool, progress_prefix: str
+               ) -> Tuple[Callable[[int], Iterable], Callable[[], Iterable]]:
+    """ (one epoch's training batches for a seed, the held-out batches): decoded once and augmented as tensors
+    where the data fit in memory (`in_memory_data`), else timm's loaders; `data_path` forces either."""
+    if data_path not in DATA_PATHS:
+        raise ValueError(f'--data-path must be one of {DATA_PATHS}, got {data_path!r}.')
+    reason = in_memory_unsupported(cfg, data_dir, data_config['input_size']) if data_path != 'loader' else 'asked'
+    if data_path == 'memory' and reason:
+        raise ValueError(f'--data-path memory cannot train this run: {reason}; use --data-path loader.')
+    if reason is None:
+        train_split = InMemorySplit.load(data_dir, cfg.train_split, class_map)
+        held_out = eval_split(data_dir, cfg.val_split, class_map, data_config)
+        return (lambda seed: train_batches(train_split, cfg, data_config, torch.Generator().manual_seed(seed),
+                                           cfg.channels_last),
+                lambda: eval_batches(held_out, cfg.batch_size, cfg.channels_last))
+    if progress and data_path == 'auto':
+        print(f'{progress_prefix}timm\'s loader: {reason}', file=sys.stderr, flush=True)
+    loader_kwargs = dict(
+        input_size=data_config['input_size'], mean=data_config['mean'], std=data_config['std'],
+        num_workers=cfg.workers, use_prefetcher=False, device=torch.device('cpu'), persistent_workers=False)
+    loader_train = create_loader(
+        create_dataset('', root=str(data_dir), split=cfg.train_split, is_training=True, class_map=class_map),
+        batch_size=cfg.batch_size, is_training=True, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
+        vflip=cfg.vflip, color_jitter=cfg.color_jitter, interpolation=cfg.train_interpolation, **loader_kwargs)
+    loader_eval = create_loader(
+        create_dataset('', root=str(data_dir), split=cfg.val_split, class_map=class_map),
+        batch_size=cfg.batch_size, interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'],
+        **loader_kwargs)
+    return (lambda seed: _channels_last_batches(loader_train, cfg.channels_last),
+            lambda: _channels_last_batches(loader_eval, cfg.channels_last))
+
+
+def _channels_last_batches(batches: Iterable, channels_last: bool) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    for images, targets in batches:
+        yield (images.contiguous(memory_format=torch.channels_last) if channels_last else images), targets
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """ A seed of its own for every (run seed, epoch): no two runs or epochs share a random stream."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _save_checkpoint(saver: CheckpointSaver, epoch: int, metric: float) -> None:
+    """ CheckpointSaver's save; where the disk refuses (full, read-only), a clear error and no half-written
+    `tmp.pth.tar` left behind (the previous epoch's last.pth.tar stays, so the run resumes from it)."""
+    try:
+        saver.save_checkpoint(epoch, metric=metric)
+    except (OSError, RuntimeError) as error:  # torch.save's zip writer reports a short write as a RuntimeError
+        Path(saver.checkpoint_dir, f'tmp{saver.extension}').unlink(missing_ok=True)
+        reason = getattr(error, 'strerror', None) or 'the write was cut short'
+        free = shutil.disk_usage(saver.checkpoint_dir).free / 2 ** 30
+        raise PermissionError(f'Cannot write the checkpoint of epoch {epoch + 1} to {saver.checkpoint_dir} '
+                              f'({reason}; {free:.1f} GiB free there): free space or choose a writable --output-dir, '
+                              f'then run again to resume.') from None
+
+
+def num_classes_kwargs(num_classes: Optional[int]) -> Dict[str, int]:
+    """ create_model's num_classes, left to the model's default where train.py leaves it (None)."""
+    return {} if num_classes is None else dict(num_classes=num_classes)
+
+
+def train_and_evaluate(
+        model_name: str,
+        train_args: Dict[str, Any],
+        data_dir: Path,
+        output_dir: Path,
+        epochs: Optional[int] = None,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+        seed: Optional[int] = None,
+        progress: bool = True,
+        progress_prefix: str = '',
+        data_path: str = 'auto',
+) -> RunResult:
+    """ Train `model_name` from scratch with train.py's recipe semantics and evaluate on the held-out split.
+
+    A `last.pth.tar` already in `output_dir` (an interrupted run of the same recipe) is resumed from.
+
+    Args:
+        model_name: Any timm model name.
+        train_args: train.py options (a loaded arg file); `epochs` and `seed` override its values.
+        data_dir: ImageFolder root with the arg file's train and validation splits.
+        output_dir: Where CheckpointSaver writes last.pth.tar / model_best.pth.tar and args.yaml.
+        model_kwargs: Passed to `timm.create_model`, as train.py's `--model-kwargs`.
+        progress: Print one line per epoch to stderr, after `progress_prefix`.
+        data_path: 'memory' decodes the images once and augments batches as tensors, 'loader' uses timm's
+            loaders, 'auto' the first where the data fit in memory and the recipe allows it.
+    """
+    model_kwargs = dict(model_kwargs or {})
+    train_args = complete_train_args(train_args)
+    cfg = argparse.Namespace(**dict(
+        train_args, model=model_name, epochs=train_args['epochs'] if epochs is None else epochs,
+        seed=train_args['seed'] if seed is None else seed, model_kwargs=model_kwargs, data_dir=str(data_dir)))
+    class_map = check_class_maps(data_dir, cfg.train_split, cfg.val_split, cfg.num_classes)
+    random_seed(cfg.seed)
+    model = timm.create_model(
+        require_registered(model_name), drop_rate=cfg.drop, **num_classes_kwargs(cfg.num_classes), **model_kwargs)
+    cfg.num_classes = model.num_classes
+    data_config = resolve_data_config(vars(cfg), model=model)
+
+    train_epoch, evaluate = _data_path(data_path, cfg, data_dir, class_map, data_config, progress, progress_prefix)
+
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg))
+    scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(cfg))
+    loss_fn = LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing else nn.CrossEntropyLoss()
+    autocast = _autocast(cfg)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / 'args.yaml', 'w') as f:
+        yaml.safe_dump(vars(cfg), f)
+    saver = CheckpointSaver(
+        model, optimizer, args=cfg, checkpoint_dir=str(output_dir), recovery_dir=str(output_dir),
+        decreasing=False, max_history=1)
+    start_epoch, cfg.curve = 0, []
+    last = output_dir / 'last.pth.tar'
+    if last.exists():
+        start_epoch = resume_checkpoint(model, str(last), optimizer=optimizer, log_info=False)
+        cfg.curve = getattr(torch.load(last, map_location='cpu', weights_only=False).get('args'), 'curve', [])
+        saver.load_state_dict_from_checkpoint(str(last))
+        scheduler.step(start_epoch)
+        if progress:
+            print(f'{progress_prefix}resumed after epoch {start_epoch}/{num_epochs}', file=sys.stderr, flush=True)
+
+    for epoch in range(start_epoch, num_epochs):
+        random_seed(_epoch_seed(cfg.seed, epoch))  # torch, numpy and Python's random (timm's crops draw from it)
+        start, losses, data_seconds = time.perf_counter(), AverageMeter(), 0.0
+        model.train()
+        batches = iter(train_epoch(_epoch_seed(cfg.seed, epoch)))
+        while True:
+            fetch = time.perf_counter()
+            images, targets = next(batches, (None, None))
+            data_seconds += time.perf_counter() - fetch
+            if images is None:
+                break
+            stop_if_terminated()
+            with autocast():
+                loss = loss_fn(model(images), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.update(loss.item(), images.shape[0])
+        scheduler.step(epoch + 1)
+        epoch_seconds = time.perf_counter() - start
+        top1, eval_seconds = None, 0.0
+        if (epoch + 1) % cfg.val_interval == 0 or epoch + 1 == num_epochs:  # train.py's val_interval
+            top1, eval_seconds = _evaluate(model, evaluate(), autocast), time.perf_counter() - start - epoch_seconds
+        cfg.curve.append(dict(epoch=epoch + 1, train_loss=losses.avg, top1=top1, train_seconds=epoch_seconds,
+                              data_seconds=data_seconds, eval_seconds=eval_seconds))
+        _save_checkpoint(saver, epoch, top1)  # the curve travels in the checkpoint's args, so a resumed run keeps it
+        if progress:
+            held_out = '' if top1 is None else f'  held-out top-1 {top1:.2f}'
+            print(f'{progress_prefix}epoch {epoch + 1}/{num_epochs}  loss {losses.avg:.3f}{held_out}  '
+                  f'({epoch_seconds:.1f} s, data {data_seconds:.1f} s; eval {eval_seconds:.1f} s)',
+                  file=sys.stderr, flush=True)
+
+    top1 = next(point['top1'] for point in reversed(cfg.curve) if point['top1'] is not None)
+    train_seconds = sum(point['train_seconds'] for point in cfg.curve)
+    params, macs = measure(model, input_size=data_config['input_size'])
+    return RunResult(model_name, params, macs, top1, output_dir, label=run_label(model_name, model_kwargs),
+                     seed=cfg.seed, model_kwargs=model_kwargs, epochs=num_epochs, train_seconds=train_seconds,
+                     curve=list(cfg.curve))

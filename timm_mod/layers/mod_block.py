@@ -1,0 +1,155 @@
+""" The Mixture-of-Depths block: a selector scores the channels, the top k are processed by a slim copy of the
+block MoD replaces, and the result is fused back (paper Section 3, Figure 2).
+
+Paper: `CNN Mixture-of-Depths` - https://arxiv.org/abs/2409.17016 (Cakaj, Mehnert, Yang, ACCV 2024)
+
+Every tensor shape depends only on the input shape, so the graph is static: no custom kernels, and
+TorchScript, FX, `torch.compile(fullgraph=True)`, `torch.export` and ONNX all see one graph. The block knows
+nothing about model families: `timm_mod.models` declares where MoD goes and builds the slim blocks.
+"""
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .fusion import fuse_at_indices, fuse_channels
+from .routing import fixed_channel_indices, gather_channels, random_channel_indices, top_k_channels
+from .selector import ChannelSelector, require_positive_int
+
+__all__ = [
+    'FUSION_TARGETS', 'ROUTING_MODES', 'MoDBlock', 'check_mod_options', 'mod_width', 'mod_blocks', 'has_mod_blocks',
+    'selector_blocks', 'routing_hooks',
+]
+
+FUSION_TARGETS = ('first', 'last', 'original')
+
+ROUTING_MODES = ('learned', 'random')
+
+
+def check_mod_options(c: int, r: int = 16, fusion: str = 'first', routing: str = 'learned') -> None:
+    """ A clear ValueError naming a bad MoD argument and its choices, before any block is built."""
+    require_positive_int(c, 'channel divisor', 'c')
+    require_positive_int(r, 'selector reduction', 'r')
+    if fusion not in FUSION_TARGETS:
+        raise ValueError(f'Unknown MoD fusion {fusion!r}; choose one of {FUSION_TARGETS}.')
+    if routing not in ROUTING_MODES:
+        raise ValueError(f'Unknown MoD routing {routing!r}; choose one of {ROUTING_MODES}.')
+
+
+def mod_width(channels: int, c: int) -> int:
+    """ Number of channels a MoD block processes, k = floor(C / c), validated so a bad c fails early."""
+    require_positive_int(c, 'channel divisor', 'c')
+    k = channels // c
+    if k < 1:
+        raise ValueError(
+            f'MoD with c={c} leaves k = floor({channels} / {c}) = 0 channels for a block with {channels} input '
+            f'channels; choose c <= {channels}.')
+    return k
+
+
+class MoDBlock(nn.Module):
+    """ Mixture-of-Depths block: a slim block processes the k top-scored channels, fused into k fixed ones.
+
+    out[:, :k] = x[:, :k] + scores[:k] * slim_block(x[:, top_k])   (fusion 'first'; 'last' uses the last k)
+    out[:, k:] = x[:, k:]                                          ('original' adds back at top_k instead)
+    """
+
+    def __init__(
+            self,
+            in_channels: int,
+            make_block: Callable[[int], nn.Module],
+            c: int,
+            r: int = 16,
+            fusion: str = 'first',
+            routing: str = 'learned',
+            drop_path: Optional[nn.Module] = None,
+            device=None,
+            dtype=None,
+    ) -> None:
+        """
+        Args:
+            in_channels: Channels C of the feature map (MoD blocks keep C in and out).
+            make_block: Builds the slim block for width k; it must map k channels to k channels.
+            c: Channel divisor, the block processes k = C // c channels.
+            r: Reduction of the channel selector's hidden layer.
+            fusion: 'first' adds the processed channels to the first k channels (the paper's MoD),
+                'last' to the last k (the paper's MoD-lk variant), 'original' back to the channels they were
+                gathered from (Table 10's comparison, which the paper finds worse at every c).
+            routing: 'learned' scores channels with a selector; 'random' draws k channels uniformly per
+                sample with scores fixed at 1 and has no selector (the paper's "MoD50 rand."). In eval
+                mode it processes one fixed random set of k channels (`eval_channels`, drawn at init
+                and kept in the state dict), so a sample's output never depends on its batch, the
+                runtime or `torch.compile`.
+            drop_path: Stochastic depth on the block's update; the slim block gets none of its own, so
+                a drop removes the whole MoD contribution as it would remove a dense block's.
+        """
+        super().__init__()
+        check_mod_options(c, r, fusion, routing)
+        self.in_channels = in_channels
+        self.c = c
+        self.k = mod_width(in_channels, c)
+        self.fusion = fusion
+        self.selector = ChannelSelector(in_channels, r, device=device, dtype=dtype) if routing == 'learned' else None
+        # a per-sample draw in eval would have to hash the sample's values, and float sums round differently
+        # with the batch size, the runtime and the compiler: a fixed draw is the same everywhere
+        self.register_buffer(
+            'eval_channels', None if self.selector is not None else torch.randperm(in_channels, device=device)[:self.k])
+        self.block = make_block(self.k)
+        self.drop_path = drop_path if drop_path is not None else nn.Identity()
+
+    @property
+    def routing(self) -> str:
+        return 'random' if self.selector is None else 'learned'
+
+    def route(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """ Channel indices (B, k) to process, highest score first, and their scores (None when random)."""
+        if self.selector is None:
+            if self.training:
+                return random_channel_indices(x, self.k), None
+            return fixed_channel_indices(x, self.eval_channels), None
+        scores, indices = top_k_channels(self.selector(x), self.k)
+        return indices, scores
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        indices, scores = self.route(x)
+        selected = gather_channels(x, indices)
+        update = self.drop_path(self.block(selected))  # per-sample drop commutes with scaling
+        if self.fusion == 'original':
+            return fuse_at_indices(x, selected, update, indices, scores)
+        return fuse_channels(x, update, scores, self.fusion == 'last')
+
+    def extra_repr(self) -> str:
+        return f'in_channels={self.in_channels}, c={self.c}, k={self.k}, fusion={self.fusion}, routing={self.routing}'
+
+
+def mod_blocks(model: nn.Module) -> Dict[str, MoDBlock]:
+    """ The MoD blocks of `model` by name, in model order (none in a plain model)."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, MoDBlock)}
+
+
+def has_mod_blocks(model: nn.Module) -> bool:
+    return any(isinstance(module, MoDBlock) for module in model.modules())
+
+
+def selector_blocks(model: nn.Module) -> Dict[str, MoDBlock]:
+    """ The MoD blocks of `model` that route with a selector, by name, in model order (none in a plain model or
+    with random routing)."""
+    return {name: block for name, block in mod_blocks(model).items() if block.selector is not None}
+
+
+@contextmanager
+def routing_hooks(blocks: Dict[str, MoDBlock], record: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+    """ Inside the block, every forward pass calls `record(block name, channels routed (B, k))` for each of
+    `blocks` (forward hooks on their selectors, removed on exit; the model itself is left as it is)."""
+    def hook(name: str, block: MoDBlock):
+        def on_scores(_module: nn.Module, _inputs, scores: torch.Tensor) -> None:
+            record(name, top_k_channels(scores, block.k)[1])
+        return on_scores
+
+    handles = [block.selector.register_forward_hook(hook(name, block)) for name, block in blocks.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

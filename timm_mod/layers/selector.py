@@ -1,0 +1,48 @@
+""" The channel selector of a MoD block: one score in (0, 1) per channel (paper Section 3.1, Figure 2)."""
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ['ChannelSelector', 'require_positive_int']
+
+
+def require_positive_int(value: Any, meaning: str, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'MoD {meaning} {name} must be a positive integer, got {name}={value!r}.')
+
+
+class ChannelSelector(nn.Module):
+    """ Scores every channel of a feature map in (0, 1).
+
+    Squeeze-and-excitation shaped (pool -> FC -> ReLU -> FC -> sigmoid) but bias-free: the bias-free layers
+    are what reproduces the paper's parameter counts (Tables 1 and 2) to the published digit. It returns
+    the scores instead of rescaling the input, since MoD uses them to pick and to weight channels.
+    """
+
+    def __init__(
+            self,
+            channels: int,
+            r: int = 16,
+            device=None,
+            dtype=None,
+    ) -> None:
+        """
+        Args:
+            channels: Number of input channels C.
+            r: Reduction of the hidden layer, C // r units (at least one).
+        """
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        require_positive_int(r, 'selector reduction', 'r')
+        self.r = r
+        hidden = max(1, channels // r)
+        self.fc1 = nn.Linear(channels, hidden, bias=False, **dd)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(hidden, channels, bias=False, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # sum / HW, not mean: mean's backward writes a full-size (B, C, H, W) tensor of grad / HW, while the
+        # sum's is a stride-0 expansion of a (B, C) one that the gradient accumulation reads in place
+        pooled = x.sum((2, 3)) / (x.shape[2] * x.shape[3])
+        return torch.sigmoid(self.fc2(self.act(self.fc1(pooled))))

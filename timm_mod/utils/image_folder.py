@@ -1,0 +1,57 @@
+""" ImageFolder splits as timm's reader sees them: checked, their class maps, and stratified splits."""
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ['check_image_folder', 'split_classes', 'check_class_maps', 'stratified_split']
+
+
+def check_image_folder(root: Path, split: str) -> Path:
+    """ The split folder, or a clear error when it is not an ImageFolder (class subfolders of images)."""
+    folder = Path(root).expanduser() / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f'No {split!r} split in {root}: expected the folder {folder}/<class name>/<images>.')
+    if not any(child.is_dir() for child in folder.iterdir()):
+        raise ValueError(
+            f'{folder} has no class subfolders: an ImageFolder split holds one folder per class, '
+            f'{folder}/<class name>/<image files>.')
+    return folder
+
+
+def split_classes(root: Path, split: str) -> Dict[str, int]:
+    """ The class map timm's ImageFolder reader builds for a split: class folders holding at least one image."""
+    from timm.data.readers.reader_image_folder import find_images_and_targets
+    return find_images_and_targets(str(check_image_folder(root, split)))[1]
+
+
+def check_class_maps(root: Path, train_split: str, val_split: str, num_classes: Optional[int]) -> Dict[str, int]:
+    """ The training split's class map, with which the held-out split is labelled; a clear error when the
+    held-out split has classes training never saw, or the classifier is smaller than the class count.
+
+    timm's reader numbers each split's classes on its own, so a class folder empty in one split would shift
+    every label after it and report a wrong accuracy.
+    """
+    train_classes = split_classes(root, train_split)
+    unseen = sorted(set(split_classes(root, val_split)) - set(train_classes))
+    if unseen:
+        raise ValueError(f'{Path(root) / val_split} has classes with no image in {Path(root) / train_split}: '
+                         f'{", ".join(unseen[:5])}{" ..." if len(unseen) > 5 else ""}; a model cannot learn them. '
+                         f'Give both splits the same class folders.')
+    if num_classes is not None and num_classes < len(train_classes):
+        raise ValueError(f'num_classes is {num_classes}, but {Path(root) / train_split} has {len(train_classes)} '
+                         f'classes; set num_classes to at least {len(train_classes)}.')
+    return train_classes
+
+
+def stratified_split(targets: Sequence[int], validation_fraction: float, rng: np.random.Generator
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+    """ (training, validation) indices with `validation_fraction` of every class, rounded, in validation."""
+    targets = np.asarray(targets)
+    train, validation = [], []
+    for label in np.unique(targets):
+        indices = rng.permutation(np.flatnonzero(targets == label))
+        count = round(len(indices) * validation_fraction)
+        validation.append(indices[:count])
+        train.append(indices[count:])
+    return np.concatenate(train), np.concatenate(validation)
