@@ -19,7 +19,7 @@ FORCED = [5, 30, 1, 17, 9, 22, 12, 3]  # layer3.1 of resnet18_mod: C=256, k=4; l
 
 
 @pytest.fixture(scope='module')
-def image_folder(tmp_path_factory) -> Path:
+def animal_folder(tmp_path_factory) -> Path:
     """ A real ImageFolder split: 3 classes of 4, 2 and 3 random RGB images."""
     root = tmp_path_factory.mktemp('images')
     rng = np.random.default_rng(0)
@@ -43,8 +43,8 @@ def forced_model() -> torch.nn.Module:
     return model
 
 
-def test_counts_are_exact_under_a_forced_selector(image_folder: Path) -> None:
-    selection = count_selections(forced_model(), image_folder, 'validation', progress=False)
+def test_counts_are_exact_under_a_forced_selector(animal_folder: Path) -> None:
+    selection = count_selections(forced_model(), animal_folder, 'validation', progress=False)
     assert selection.class_names == ['cat', 'dog', 'owl'] and selection.samples.tolist() == [4, 2, 3]
     counts = selection.counts['layer4.1']
     expected = torch.zeros(3, 512, dtype=torch.long)
@@ -60,17 +60,17 @@ def test_counts_are_exact_under_a_forced_selector(image_folder: Path) -> None:
     assert forced.class_overlap == 1.0
 
 
-def test_class_subset_and_cap(image_folder: Path) -> None:
+def test_class_subset_and_cap(animal_folder: Path) -> None:
     selection = count_selections(
-        forced_model(), image_folder, 'validation', classes=['cat', 'owl'], max_per_class=2, progress=False)
+        forced_model(), animal_folder, 'validation', classes=['cat', 'owl'], max_per_class=2, progress=False)
     assert selection.samples.tolist() == [2, 0, 2]
     assert selection.counts['layer4.1'][:, FORCED[0]].tolist() == [2, 0, 2]
     with pytest.raises(ValueError, match=r"Unknown classes \['cow'\]"):
-        count_selections(forced_model(), image_folder, 'validation', classes=['cow'], progress=False)
+        count_selections(forced_model(), animal_folder, 'validation', classes=['cow'], progress=False)
 
 
-def test_outputs_are_readable(image_folder: Path, tmp_path: Path) -> None:
-    selection = count_selections(forced_model(), image_folder, 'validation', progress=False)
+def test_outputs_are_readable(animal_folder: Path, tmp_path: Path) -> None:
+    selection = count_selections(forced_model(), animal_folder, 'validation', progress=False)
     paths = write_selection(selection, tmp_path, plot_classes=['dog'])
     with open(tmp_path / 'selection.csv', newline='') as f:
         rows = [r for r in csv.DictReader(f) if r['block'] == 'layer4.1' and r['class'] == 'dog']
@@ -90,9 +90,9 @@ def test_entropy_of_a_uniform_selection() -> None:
     assert math.isclose(summary.max_entropy_bits, 2.0)
 
 
-def test_model_without_mod_blocks_is_a_clear_error(image_folder: Path) -> None:
+def test_model_without_mod_blocks_is_a_clear_error(animal_folder: Path) -> None:
     with pytest.raises(ValueError, match='has no MoD block with a channel selector'):
-        count_selections(timm.create_model('resnet18', num_classes=3), image_folder, 'validation', progress=False)
+        count_selections(timm.create_model('resnet18', num_classes=3), animal_folder, 'validation', progress=False)
 
 
 def test_command_on_quickstart_data_and_mismatched_checkpoint(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from timm.models import clean_state_dict, get_pretrained_cfg_value
 
-from ..layers import MoDBlock
+from ..layers import mod_blocks
 from ..utils.output import staged_output
 from ._builder import create_mod_model, describe_state_dict_mismatch, is_mod_model_name, require_registered
 from ._family import to_mod
@@ -133,7 +133,7 @@ def mod_from_plain(mod_name: str, plain: nn.Module) -> nn.Module:
     """ `to_mod` of a plain model with the registered MoD model's own c, r, fusion and routing, checked to have
     exactly the registered model's tensors (a clear error otherwise)."""
     reference = timm.create_model(mod_name, device='meta', num_classes=plain.num_classes)
-    block = next(m for m in reference.modules() if isinstance(m, MoDBlock))
+    block = next(iter(mod_blocks(reference).values()))
     r = block.selector.r if block.selector is not None else 16
     converted = to_mod(plain, c=block.c, r=r, fusion=block.fusion, routing=block.routing)
     expected = {key: value.shape for key, value in reference.state_dict().items()}

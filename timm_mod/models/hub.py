@@ -20,7 +20,7 @@ from timm.data import resolve_data_config
 from timm.models import save_for_hf
 
 from ._builder import is_mod_model_name
-from ..layers import MoDBlock
+from ..layers import mod_blocks
 from ..utils.output import check_replaceable_folder, staged_output
 from ..utils.package_data import package_file
 from ._family import find_family
@@ -74,7 +74,7 @@ def reconstruction_args(model: nn.Module, model_kwargs: Dict[str, Any]) -> Dict[
     the run's other model arguments and a non-default in_chans), nothing that config.json holds elsewhere
     (num_classes, global_pool) or that only training uses (drop rates): transformers' TimmWrapper passes
     num_classes itself beside `**model_args`."""
-    block = next(m for m in model.modules() if isinstance(m, MoDBlock))
+    block = next(iter(mod_blocks(model).values()))
     args = {key: value for key, value in model_kwargs.items()
             if key not in ('num_classes', 'global_pool', 'pretrained') and 'drop' not in key}
     args.update(c=block.c, fusion=block.fusion, routing=block.routing)
@@ -101,10 +101,9 @@ def _label_names(train_args: Dict[str, Any], data_dir: Optional[Path]) -> Option
 
 def _mod_stage_rows(model: nn.Module) -> str:
     rows = ['| block | channels C | c | k | routing | fusion |', '|---|---|---|---|---|---|']
-    for name, block in model.named_modules():
-        if isinstance(block, MoDBlock):
-            cells = (f'`{name}`', block.in_channels, block.c, block.k, block.routing, block.fusion)
-            rows.append('| ' + ' | '.join(map(str, cells)) + ' |')
+    for name, block in mod_blocks(model).items():
+        cells = (f'`{name}`', block.in_channels, block.c, block.k, block.routing, block.fusion)
+        rows.append('| ' + ' | '.join(map(str, cells)) + ' |')
     return '\n'.join(rows)
 
 

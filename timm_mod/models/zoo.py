@@ -12,7 +12,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..layers import MoDBlock
+from ..layers import mod_blocks
 from ._family import find_family
 
 __all__ = [
@@ -156,8 +156,8 @@ def describe_zoo(pattern: str = '*_mod*') -> List[ZooRow]:
     rows = []
     for name in timm.list_models(pattern):
         model = timm.create_model(name, device='meta')
-        mod_blocks = [m for m in model.modules() if isinstance(m, MoDBlock)]
-        if not mod_blocks:
+        blocks = list(mod_blocks(model).values())
+        if not blocks:
             continue
         params, macs = measure(model)
         baseline = baseline_of(name)
@@ -165,7 +165,7 @@ def describe_zoo(pattern: str = '*_mod*') -> List[ZooRow]:
             baselines[baseline] = count_params_and_macs(baseline)
         depths = tuple(len(list(stage.children())) for stage in find_family(model).stages(model))
         rows.append(ZooRow(
-            name, PAPER_MODELS.get(name), baseline, depths, mod_blocks[0].c, params, macs,
+            name, PAPER_MODELS.get(name), baseline, depths, blocks[0].c, params, macs,
             params / baselines[baseline][0], macs / baselines[baseline][1]))
     if not rows:
         raise ValueError(f'no model matches {pattern!r} in the MoD zoo; the filter is a timm.list_models pattern, '
