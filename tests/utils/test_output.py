@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from timm_mod.utils.output import staged_output
+from timm_mod.utils.output import fresh_folder, scratch_folder, staged_output
 
 from conftest import CONSOLE_SCRIPT, train_py_checkpoint
 
@@ -84,6 +84,24 @@ def test_sigkill_leftovers_are_cleared_by_the_next_run(tmp_path: Path) -> None:
         staging.mkdir()
         (staging / 'part.txt').write_text('new')
     assert (tmp_path / 'out' / 'part.txt').read_text() == 'new' and litter(tmp_path) == []
+
+
+def test_scratch_folders_start_empty_and_leave_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('TMPDIR', str(tmp_path))
+    monkeypatch.setattr('tempfile.tempdir', None)
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    killed_run = tmp_path / f'probe-{int(dead.stdout)}'  # left by a process that no longer runs
+    (killed_run / 'sub').mkdir(parents=True)
+    (tmp_path / 'fresh' / 'old.onnx').parent.mkdir()
+    (tmp_path / 'fresh' / 'old.onnx').write_text('left by a killed run')
+    with pytest.raises(RuntimeError), fresh_folder(tmp_path / 'fresh') as folder:
+        assert list(folder.iterdir()) == []
+        (folder / 'new.onnx').write_text('x')
+        raise RuntimeError('the block fails')
+    with scratch_folder('probe') as scratch:
+        assert list(scratch.iterdir()) == [] and not killed_run.exists()
+        (scratch / 'model.onnx').write_text('x')
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_old_folder_moved_aside_by_a_killed_swap_is_put_back(tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ import torch.nn as nn
 
 from ..layers import routing_hooks, selector_blocks
 from ..utils.image_folder import check_class_maps, check_image_folder
-from ..utils.output import check_replaceable_folder, staged_output
+from ..utils.output import check_replaceable_folder, fresh_folder, staged_output
 from ..utils.runtimes import (
-    RUNTIMES, export_onnx, quantize_int8, removed_after, require_runtime, runtime_outputs, with_routing_outputs)
+    RUNTIMES, export_onnx, quantize_int8, require_runtime, runtime_outputs, with_routing_outputs)
 
 __all__ = ['AccuracyRow', 'ACCURACY_COLUMNS', 'accuracy_table_rows', 'check_accuracy_options', 'int8_accuracy']
 
@@ -119,7 +119,7 @@ def _score(model: nn.Module, loader: 'torch.utils.data.DataLoader', exports: Dic
     folder is removed at the end."""
     blocks = selector_blocks(model)
     pytorch_routing: Dict[str, torch.Tensor] = {}  # the latest forward pass's channels, by block
-    with removed_after(routed_dir), routing_hooks(blocks, pytorch_routing.__setitem__):
+    with fresh_folder(routed_dir), routing_hooks(blocks, pytorch_routing.__setitem__):
         sessions = {}
         for precision, path in exports.items():
             routed_path = Path(routed_dir) / f'{precision}.onnx'

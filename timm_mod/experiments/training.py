@@ -214,10 +214,11 @@ def train_and_evaluate(
             print(f'{progress_prefix}resumed after epoch {start_epoch}/{num_epochs}', file=sys.stderr, flush=True)
 
     for epoch in range(start_epoch, num_epochs):
-        random_seed(_epoch_seed(cfg.seed, epoch))  # torch, numpy and Python's random (timm's crops draw from it)
+        epoch_seed = _epoch_seed(cfg.seed, epoch)
+        random_seed(epoch_seed)  # torch, numpy and Python's random (timm's crops draw from it)
         start, losses, data_seconds = time.perf_counter(), AverageMeter(), 0.0
         model.train()
-        batches = iter(train_epoch(_epoch_seed(cfg.seed, epoch)))
+        batches = iter(train_epoch(epoch_seed))
         while True:
             fetch = time.perf_counter()
             images, targets = next(batches, (None, None))

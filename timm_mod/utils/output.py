@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 __all__ = [
     'staged_output', 'check_replaceable_folder', 'check_output_folder', 'check_writable_folder', 'exclusive_folder',
-    'scratch_folder', 'exit_cleanly_on_sigterm', 'stop_if_terminated', 'write_text_whole',
+    'scratch_folder', 'fresh_folder', 'exit_cleanly_on_sigterm', 'stop_if_terminated', 'write_text_whole',
 ]
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
@@ -194,7 +194,13 @@ def scratch_folder(prefix: str) -> Iterator[Path]:
         pid = leftover.name.rpartition('-')[2]
         if pid.isdigit() and not _process_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
-    folder = root / f'{prefix}-{os.getpid()}'
+    with fresh_folder(root / f'{prefix}-{os.getpid()}') as folder:
+        yield folder
+
+
+@contextmanager
+def fresh_folder(folder: Path) -> Iterator[Path]:
+    """ `folder`, created empty for the block and removed after it; what a killed run left there is removed first."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     try:

@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 import logging
-import shutil
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .output import scratch_folder, staged_output
+from .output import fresh_folder, scratch_folder, staged_output
 
 if TYPE_CHECKING:  # imported where used: each runtime is an optional extra
     import onnx
@@ -29,7 +28,7 @@ if TYPE_CHECKING:  # imported where used: each runtime is an optional extra
 
 __all__ = [
     'RUNTIMES', 'require_runtime', 'export_onnx', 'runtime_session', 'runtime_outputs', 'runtime_operator_times',
-    'routing_nodes', 'with_routing_outputs', 'quantize_int8', 'removed_after',
+    'routing_nodes', 'with_routing_outputs', 'quantize_int8',
 ]
 
 
@@ -192,21 +191,11 @@ def _without_preprocessing_advice() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def removed_after(folder: Path) -> Iterator[None]:
-    shutil.rmtree(folder, ignore_errors=True)  # a killed run's
-    folder.mkdir()
-    try:
-        yield
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextlib.contextmanager
 def _temp_files_in(folder: Path) -> Iterator[None]:
     """ Python's temporary files (onnxruntime's quantizer writes a model-sized one) go to `folder` beside the
     output, which a killed run's successor clears, rather than to the system's temp folder, which nothing clears."""
     saved = tempfile.tempdir
-    with removed_after(folder):
+    with fresh_folder(folder):
         tempfile.tempdir = str(folder)
         try:
             yield
