@@ -19,7 +19,7 @@ TRAIN_PY_DEFAULTS: Dict[str, Any] = dict(
     decay_epochs=90, decay_milestones=[90, 180, 270], decay_rate=0.1, cooldown_epochs=0, patience_epochs=10,
     lr_noise=None, lr_noise_pct=0.67, lr_noise_std=1.0, lr_cycle_mul=1.0, lr_cycle_decay=0.5, lr_cycle_limit=1,
     lr_k_decay=1.0, sched_on_updates=False, warmup_prefix=False, val_interval=1, channels_last=False, amp=False,
-    amp_dtype='float16')
+    amp_dtype='float16', initial_checkpoint='')
 
 # train.py options that change training and that a study does not implement, with train.py's defaults: an arg file
 # that sets one otherwise is refused rather than trained without it.
@@ -27,7 +27,7 @@ _NOT_IMPLEMENTED = dict(
     aa=None, reprob=0.0, mixup=0.0, cutmix=0.0, cutmix_minmax=None, drop_connect=None, drop_path=None,
     drop_block=None, model_ema=False, clip_grad=None, grad_accum_steps=1, bce_loss=False, jsd_loss=False,
     aug_repeats=0, aug_splits=0, train_crop_mode=None, gp=None, bn_momentum=None, bn_eps=None,
-    initial_checkpoint='', pretrained=False, resume='', start_epoch=None, epoch_repeats=0.0, class_map='',
+    pretrained=False, resume='', start_epoch=None, epoch_repeats=0.0, class_map='',
     train_num_samples=None)
 
 
@@ -67,6 +67,9 @@ def complete_train_args(train_args: Dict[str, Any], source: str = 'the train arg
     if unsupported:
         raise ValueError(f'{source} sets {", ".join(unsupported)}, which timm-mod compare does not implement; train '
                          f'with timm\'s train.py, or remove them.')
+    if args['initial_checkpoint'] and not Path(args['initial_checkpoint']).is_file():
+        raise FileNotFoundError(f'{source}: no initial_checkpoint file {args["initial_checkpoint"]}; give a state dict '
+                                f'or checkpoint to start from, e.g. one written by `timm-mod convert`.')
     if not args['lr']:  # train.py: lr = lr_base * global batch / lr_base_size, sqrt-scaled for adaptive optimizers
         ratio = args['batch_size'] / args['lr_base_size']
         scale = args['lr_base_scale'] or ('sqrt' if any(name in args['opt'].lower() for name in ('ada', 'lamb'))

@@ -1,4 +1,4 @@
-""" One model trained from scratch with train.py's recipe semantics and evaluated on the held-out split.
+""" One model trained with train.py's recipe semantics and evaluated on the held-out split.
 
 Training uses the components timm's train.py uses (`create_dataset`, `create_loader`, `optimizer_kwargs` +
 `create_optimizer_v2`, `scheduler_kwargs` + `create_scheduler_v2`, the loss, `CheckpointSaver`, `accuracy`),
@@ -26,7 +26,7 @@ import torch.nn as nn
 import yaml
 from timm.data import create_dataset, create_loader, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy
-from timm.models import resume_checkpoint
+from timm.models import load_checkpoint, resume_checkpoint
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import AverageMeter, CheckpointSaver, accuracy, random_seed
@@ -162,7 +162,8 @@ def train_and_evaluate(
         progress_prefix: str = '',
         data_path: str = 'auto',
 ) -> RunResult:
-    """ Train `model_name` from scratch with train.py's recipe semantics and evaluate on the held-out split.
+    """ Train `model_name` with train.py's recipe semantics and evaluate on the held-out split: from scratch, or
+    from the arg file's `initial_checkpoint` (e.g. a plain model's weights converted by `timm-mod convert`).
 
     A `last.pth.tar` already in `output_dir` (an interrupted run of the same recipe) is resumed from.
 
@@ -185,6 +186,8 @@ def train_and_evaluate(
     random_seed(cfg.seed)
     model = timm.create_model(
         require_registered(model_name), drop_rate=cfg.drop, **num_classes_kwargs(cfg.num_classes), **model_kwargs)
+    if cfg.initial_checkpoint:  # as train.py: the weights to start from (a resumed run then replaces them)
+        load_checkpoint(model, cfg.initial_checkpoint)
     cfg.num_classes = model.num_classes
     data_config = resolve_data_config(vars(cfg), model=model)
 
