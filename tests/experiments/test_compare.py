@@ -13,7 +13,8 @@ import torch
 import yaml
 from PIL import Image
 
-from timm_mod.experiments.compare import ModelSpec, compare, format_comparison, summarize_runs
+from timm_mod.experiments.compare import (
+    ModelSpec, compare, first_seed_curves, format_comparison, summarize_runs, write_comparison)
 from timm_mod.experiments.recipe import load_train_args
 from timm_mod.experiments.training import RunResult
 
@@ -61,6 +62,23 @@ def test_summary_is_mean_and_sample_std_over_seeds(tmp_path: Path) -> None:
     table = format_comparison(rows)
     assert f'{statistics.fmean(top1.values()):.2f} +- {statistics.stdev(top1.values()):.2f}' in table
     assert table.splitlines()[2].split()[:4] == ['resnet18_mod', 'c=16', '1', '10.00']
+
+
+def test_the_plot_follows_each_models_first_seed_over_its_evaluated_epochs(tmp_path: Path) -> None:
+    def run(seed: int, top1: list, **kwargs) -> RunResult:
+        curve = [dict(epoch=epoch, train_loss=1.0, top1=value) for epoch, value in enumerate(top1, 1)]
+        spec = ModelSpec('resnet18_mod', tuple(kwargs.items()))
+        return RunResult('resnet18_mod', 100, 2e6, top1[-1], tmp_path, label=spec.label, seed=seed,
+                         model_kwargs=kwargs, curve=curve)
+    results = [run(2, [30.0, 50.0]), run(1, [40.0, None, 60.0]), run(0, [10.0, 20.0], routing='random')]
+    specs = [ModelSpec('resnet18_mod'), ModelSpec('resnet18_mod', (('routing', 'random'),))]
+    rows = summarize_runs(specs, results)
+    assert first_seed_curves(rows, results) == {
+        'resnet18_mod': [(1, 40.0), (3, 60.0)], 'resnet18_mod routing=random': [(1, 10.0), (2, 20.0)]}
+    written = write_comparison(rows, tmp_path, results)
+    assert [path.name for path in written] == ['compare.csv', 'compare.json', 'compare.png']
+    without_runs = write_comparison(rows, tmp_path / 'without_runs')[-1]  # MACs only: no curves panel
+    assert Image.open(tmp_path / 'compare.png').width > Image.open(without_runs).width
 
 
 def _run_command(*args: str, **kwargs) -> subprocess.Popen:

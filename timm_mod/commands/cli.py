@@ -42,12 +42,12 @@ def _compare(args: argparse.Namespace) -> None:
     from ..experiments.compare import ModelSpec, compare, format_comparison, write_comparison
     from ..experiments.recipe import load_train_args
     specs = [ModelSpec.parse(text) for text in args.models]
-    rows, _ = compare(
+    rows, results = compare(
         specs, load_train_args(args.config), args.data_dir, args.output_dir, seeds=args.seeds, epochs=args.epochs,
         unfinished=args.unfinished, measure_speed=not args.no_speed, bench_batch_size=args.bench_batch_size,
         threads=args.threads, rounds=args.rounds, data_path=args.data_path)
     if rows:
-        for path in write_comparison(rows, args.output_dir):
+        for path in write_comparison(rows, args.output_dir, results):
             print(path, file=sys.stderr)
     print(format_comparison(rows, markdown=args.markdown))
 

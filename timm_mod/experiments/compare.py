@@ -31,7 +31,7 @@ from .training import RunResult, num_classes_kwargs, run_label, train_and_evalua
 
 __all__ = [
     'UNFINISHED', 'ModelSpec', 'ComparisonRow', 'check_specs', 'compare', 'summarize_runs', 'format_comparison',
-    'write_comparison',
+    'write_comparison', 'first_seed_curves',
 ]
 
 
@@ -329,31 +329,56 @@ def format_comparison(rows: Sequence[ComparisonRow], markdown: bool = False) -> 
     return format_table(COMPARISON_COLUMNS, table, markdown=markdown)
 
 
-def write_comparison(rows: Sequence[ComparisonRow], output_dir: Path) -> List[Path]:
-    """ compare.csv, compare.json and compare.png (top-1 against MACs and against measured time) in `output_dir`."""
+def write_comparison(rows: Sequence[ComparisonRow], output_dir: Path, results: Sequence[RunResult] = ()
+                     ) -> List[Path]:
+    """ compare.csv, compare.json and compare.png in `output_dir`: top-1 against MACs and against measured time,
+    and, given the runs' `results`, the held-out learning curve of each model's first seed."""
     output_dir = Path(output_dir)
     written = write_records([asdict(r) for r in rows], output_dir, 'compare')
-    plot = _plot(rows, output_dir / 'compare.png')
+    plot = _plot(rows, results, output_dir / 'compare.png')
     return written + ([plot] if plot else [])
 
 
-def _plot(rows: Sequence[ComparisonRow], path: Path) -> Optional[Path]:
+def first_seed_curves(rows: Sequence[ComparisonRow], results: Sequence[RunResult]
+                      ) -> Dict[str, List[Tuple[int, float]]]:
+    """ Per row label, (epoch, held-out top-1) of its lowest seed's run, over the epochs that were evaluated."""
+    curves = {}
+    for row in rows:
+        runs = sorted((r for r in results if r.label == row.label), key=lambda r: r.seed)
+        if runs and runs[0].curve:
+            curves[row.label] = [(point['epoch'], point['top1']) for point in runs[0].curve
+                                 if point['top1'] is not None]
+    return curves
+
+
+def _plot(rows: Sequence[ComparisonRow], results: Sequence[RunResult], path: Path) -> Optional[Path]:
     plt = pyplot(path.name)
     if plt is None:
         return None
     timed = all(r.inference_ms is not None for r in rows)
-    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(11 if timed else 5.5, 4.5), squeeze=False)
+    curves = first_seed_curves(rows, results)
     panels = [('mmacs', 'MMACs per image')]
     if timed:
         panels.append(('inference_ms', f'measured inference ms per batch\n({rows[0].speed_setting})'))
+    fig, axes = plt.subplots(1, len(panels) + bool(curves), figsize=(5.5 * (len(panels) + bool(curves)), 4.5),
+                             squeeze=False)
+    colours = {row.label: f'C{index % 10}' for index, row in enumerate(rows)}
     for ax, (attribute, xlabel) in zip(axes[0], panels):
-        for index, row in enumerate(rows):
+        for row in rows:
             x = getattr(row, attribute)
-            ax.errorbar(x, row.top1_mean, yerr=row.top1_std, fmt='o', capsize=3, color=f'C{index % 10}')
+            ax.errorbar(x, row.top1_mean, yerr=row.top1_std, fmt='o', capsize=3, color=colours[row.label])
             ax.annotate(row.label, (x, row.top1_mean), textcoords='offset points', xytext=(4, 4), fontsize=7)
         ax.set_xlabel(xlabel)
         ax.set_ylabel('held-out top-1 (%), mean +- std over seeds')
         ax.grid(alpha=0.3)
-    fig.suptitle('accuracy against cost, one point per model', fontsize=10)
+    if curves:
+        ax = axes[0][-1]
+        for label, points in curves.items():
+            ax.plot(*zip(*points), label=label, color=colours[label], linewidth=1)
+        ax.set_xlabel('epoch')
+        ax.set_ylabel('held-out top-1 (%), first seed')
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle('accuracy against cost, one point per model; learning curves', fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
