@@ -57,7 +57,7 @@ def parse_like_train_py(path: Path) -> argparse.Namespace:
 def test_there_are_recipes_and_a_quickstart() -> None:
     assert {p.name for p in TRAIN_ARGS} == {
         'quickstart.yaml', 'resnet_mod_imagenet.yaml', 'mobilenetv2_mod_imagenet.yaml', 'finetune_from_plain.yaml',
-        'cifar10.yaml'}
+        'cifar10.yaml', 'cifar10_finetune.yaml'}
     assert quickstart_args_file().read_text() == (ROOT / 'train_args' / 'quickstart.yaml').read_text()
 
 
@@ -111,3 +111,18 @@ def test_cifar10_recipe_trains_at_cifars_size_with_plain_cross_entropy() -> None
     args = load_train_args(ROOT / 'train_args' / 'cifar10.yaml')
     expect(args, num_classes=10, input_size=[3, 32, 32], crop_pct=1.0, hflip=0.5, color_jitter=0.0, smoothing=0.0,
            train_split='train', val_split='validation', opt='sgd', momentum=0.9)
+
+
+def test_cifar10_finetune_keeps_the_studys_data_for_a_quarter_of_its_epochs_from_the_converted_model() -> None:
+    scratch = load_train_args(ROOT / 'train_args' / 'cifar10.yaml')
+    finetune = load_train_args(ROOT / 'train_args' / 'cifar10_finetune.yaml')
+    data_keys = ('num_classes', 'train_split', 'val_split', 'input_size', 'crop_pct', 'interpolation',
+                 'train_interpolation', 'scale', 'ratio', 'hflip', 'color_jitter', 'smoothing', 'batch_size',
+                 'weight_decay', 'opt', 'momentum', 'sched')
+    assert {key: finetune[key] for key in data_keys} == {key: scratch[key] for key in data_keys}
+    assert finetune['model'] == 'resnet18_mod' and finetune['lr'] < scratch['lr']
+    scratch_epochs = scratch['epochs'] + scratch.get('cooldown_epochs', 0)
+    assert finetune['epochs'] + finetune.get('cooldown_epochs', 0) <= scratch_epochs / 4
+    header = (ROOT / 'train_args' / 'cifar10_finetune.yaml').read_text()
+    assert 'timm-mod convert --model resnet18_mod --checkpoint output/cifar10_study/resnet18/seed0/' in header
+    assert f"--output {finetune['initial_checkpoint']}" in header, 'the header writes the file the recipe starts from'

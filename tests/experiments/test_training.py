@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from timm_mod.experiments.compare import ModelSpec, compare
 from timm_mod.experiments.recipe import load_train_args
 from timm_mod.experiments.training import train_and_evaluate
 from timm_mod.models.checkpoint import convert_plain_weights
@@ -26,8 +28,11 @@ def test_a_run_starts_from_the_initial_checkpoint(tmp_path: Path, image_folder: 
         assert all(same) if name == 'fine-tuned' else not any(same)
 
 
-def test_a_missing_initial_checkpoint_is_refused_before_training(tmp_path: Path) -> None:
+def test_a_missing_initial_checkpoint_is_refused_before_anything_is_written(
+        tmp_path: Path, image_folder: Path) -> None:
     args_file = tmp_path / 'args.yaml'
-    args_file.write_text(f'initial_checkpoint: {tmp_path / "nowhere.pth"}\nepochs: 2\n')
+    args_file.write_text(yaml.safe_dump(dict(TINY_RECIPE, initial_checkpoint=str(tmp_path / 'nowhere.pth'))))
+    args = load_train_args(args_file)  # an arg file may name a checkpoint that an earlier step writes
     with pytest.raises(FileNotFoundError, match='nowhere.pth.*timm-mod convert'):
-        load_train_args(args_file)
+        compare([ModelSpec('resnet18_mod')], args, image_folder, tmp_path / 'study', measure_speed=False)
+    assert not (tmp_path / 'study').exists()

@@ -26,7 +26,7 @@ from ..utils.output import check_writable_folder, exclusive_folder, stop_if_term
 from ..utils.tables import format_table, pyplot, save_figure, write_records
 from ..utils.timing import time_side_by_side
 from .benchmark import BenchSetting, make_step
-from .recipe import complete_train_args
+from .recipe import check_initial_checkpoint, complete_train_args
 from .training import RunResult, num_classes_kwargs, run_label, train_and_evaluate
 
 __all__ = [
@@ -220,6 +220,7 @@ def compare(
         raise ValueError(f'--data-path must be one of {DATA_PATHS}, got {data_path!r}.')
     recipe = _recipe_record(train_args, data_dir, epochs)
     train_args = complete_train_args(train_args)
+    check_initial_checkpoint(train_args)
     check_specs(specs, train_args['num_classes'], seeds)
     check_class_maps(data_dir, train_args['train_split'], train_args['val_split'], train_args['num_classes'])
     output_dir = check_writable_folder(output_dir)

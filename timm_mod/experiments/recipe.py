@@ -5,7 +5,7 @@ from typing import Any, Dict
 
 import yaml
 
-__all__ = ['TRAIN_PY_DEFAULTS', 'load_train_args', 'complete_train_args']
+__all__ = ['TRAIN_PY_DEFAULTS', 'load_train_args', 'complete_train_args', 'check_initial_checkpoint']
 
 
 # train.py's defaults (timm 1.0) for the options a study reads: what an arg file leaves out trains as train.py
@@ -67,12 +67,18 @@ def complete_train_args(train_args: Dict[str, Any], source: str = 'the train arg
     if unsupported:
         raise ValueError(f'{source} sets {", ".join(unsupported)}, which timm-mod compare does not implement; train '
                          f'with timm\'s train.py, or remove them.')
-    if args['initial_checkpoint'] and not Path(args['initial_checkpoint']).is_file():
-        raise FileNotFoundError(f'{source}: no initial_checkpoint file {args["initial_checkpoint"]}; give a state dict '
-                                f'or checkpoint to start from, e.g. one written by `timm-mod convert`.')
     if not args['lr']:  # train.py: lr = lr_base * global batch / lr_base_size, sqrt-scaled for adaptive optimizers
         ratio = args['batch_size'] / args['lr_base_size']
         scale = args['lr_base_scale'] or ('sqrt' if any(name in args['opt'].lower() for name in ('ada', 'lamb'))
                                           else 'linear')
         args['lr'] = args['lr_base'] * (ratio ** 0.5 if scale == 'sqrt' else ratio)
     return args
+
+
+def check_initial_checkpoint(train_args: Dict[str, Any]) -> None:
+    """ A clear error, before any training, when the arg file's `initial_checkpoint` is not there (an arg file may
+    name one that a documented earlier step writes, so loading the file does not check it)."""
+    path = train_args.get('initial_checkpoint')
+    if path and not Path(path).is_file():
+        raise FileNotFoundError(f'No initial_checkpoint file {path}: give a state dict or checkpoint to start from, '
+                                f'e.g. one written by `timm-mod convert`.')

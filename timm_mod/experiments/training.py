@@ -36,7 +36,7 @@ from ..utils.image_folder import check_class_maps
 from ..utils.in_memory_data import (
     DATA_PATHS, InMemorySplit, eval_batches, eval_split, in_memory_unsupported, train_batches)
 from ..utils.output import stop_if_terminated
-from .recipe import complete_train_args
+from .recipe import check_initial_checkpoint, complete_train_args
 
 __all__ = ['RunResult', 'run_label', 'train_and_evaluate', 'num_classes_kwargs']
 
@@ -183,6 +183,7 @@ def train_and_evaluate(
         train_args, model=model_name, epochs=train_args['epochs'] if epochs is None else epochs,
         seed=train_args['seed'] if seed is None else seed, model_kwargs=model_kwargs, data_dir=str(data_dir)))
     class_map = check_class_maps(data_dir, cfg.train_split, cfg.val_split, cfg.num_classes)
+    check_initial_checkpoint(train_args)
     random_seed(cfg.seed)
     model = timm.create_model(
         require_registered(model_name), drop_rate=cfg.drop, **num_classes_kwargs(cfg.num_classes), **model_kwargs)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The converged CIFAR-10 study (docs/cifar10_study.md): every run, in the order it trains. Run it from the
+# repository root with timm-mod installed; every step skips what is finished and resumes what was interrupted,
+# so after an interruption run it again. Data: an ImageFolder copy of CIFAR-10 (train/ and validation/).
+# Nothing here times anything: time the finished study on an idle machine (the last command of the doc).
+set -euo pipefail
+DATA=${1:-../shared/data/cifar10}
+OUT=output/cifar10_study
+ARMS=(
+    resnet18@0,1,2                           # claim 1 baseline
+    resnet18_mod@0,1,2                       # claim 1
+    "resnet18:channels=(44,88,176,352)@0,1,2" # claim 5: plain, narrowed to resnet18_mod's MACs
+    resnet18_mod:routing=random@0,1,2        # claim 4
+    resnet34_mod@0,1,2                       # claim 2, against resnet18
+    resnet18_mod:c=4@0,1                     # claim 3 (Table 10 at c = 4): fusion into the first k
+    "resnet18_mod:c=4,fusion=original@0,1"   # claim 3: back to the gathered positions
+    resnet18_mod:fusion=original@0           # claim 3 at the default c
+)
+study() { timm-mod compare -c train_args/cifar10.yaml --data-dir "$DATA" --output-dir "$OUT" --no-speed "$@"; }
+done_in() { [ -f "$1" ]; }
+
+# 1. first seed of the baseline and of MoD: the fine-tune and int8 steps start from them
+study --models resnet18@0 resnet18_mod@0
+
+# 2. from a trained plain model: resnet18 seed 0 converted to resnet18_mod, fine-tuned a quarter of the epochs
+done_in "$OUT/resnet18_mod_from_resnet18.pth" || timm-mod convert --model resnet18_mod \
+    --checkpoint "$OUT/resnet18/seed0/last.pth.tar" --output "$OUT/resnet18_mod_from_resnet18.pth"
+timm-mod compare -c train_args/cifar10_finetune.yaml --data-dir "$DATA" --output-dir output/cifar10_finetune \
+    --models resnet18_mod@0 --no-speed
+
+# 3. int8: top-1 and routing agreement of the converged seed-0 models in onnxruntime and OpenVINO
+for model in resnet18 resnet18_mod; do
+    done_in "output/cifar10_int8/$model/accuracy.json" || timm-mod quantize --model "$model" \
+        --checkpoint "$OUT/$model/seed0/last.pth.tar" --data-dir "$DATA" --output "output/cifar10_int8/$model"
+done
+
+# 4. every arm, seed by seed
+study --models "${ARMS[@]}"
