@@ -361,8 +361,8 @@ def _plot(rows: Sequence[ComparisonRow], results: Sequence[RunResult], path: Pat
     panels = [('mmacs', 'MMACs per image')]
     if timed:
         panels.append(('inference_ms', f'measured inference ms per batch\n({rows[0].speed_setting})'))
-    fig, axes = plt.subplots(1, len(panels) + bool(curves), figsize=(5.5 * (len(panels) + bool(curves)), 4.5),
-                             squeeze=False)
+    columns = len(panels) + bool(curves)
+    fig, axes = plt.subplots(1, columns, figsize=(5.5 * columns, 4.5), squeeze=False)
     colours = {row.label: f'C{index % 10}' for index, row in enumerate(rows)}
     for ax, (attribute, xlabel) in zip(axes[0], panels):
         for row in rows:
