@@ -34,5 +34,17 @@ for model in resnet18 resnet18_mod; do
         --checkpoint "$OUT/$model/seed0/last.pth.tar" --data-dir "$DATA" --output "output/cifar10_int8/$model"
 done
 
-# 4. every arm, seed by seed
+# 4. the same run as resnet18_mod seed 0 through timm's stock train.py, when given its path (it is not in timm's
+#    wheel): TRAIN_PY=path/to/train.py bash docs/cifar10_study/run.sh. Its last line in summary.csv is epoch 29.
+if [ -n "${TRAIN_PY:-}" ]; then
+    twin=output/cifar10_trainpy/resnet18_mod_seed0
+    if ! grep -q '^29,' "$twin/summary.csv" 2>/dev/null; then
+        resume=()
+        [ -f "$twin/last.pth.tar" ] && resume=(--resume "$twin/last.pth.tar")
+        python "$TRAIN_PY" -c train_args/cifar10.yaml --data-dir "$DATA" --model resnet18_mod --seed 0 --device cpu \
+            --output output/cifar10_trainpy --experiment resnet18_mod_seed0 "${resume[@]}"
+    fi
+fi
+
+# 5. every arm, seed by seed
 study --models "${ARMS[@]}"
