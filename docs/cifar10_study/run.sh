@@ -6,16 +6,8 @@
 set -euo pipefail
 DATA=${1:-../shared/data/cifar10}
 OUT=output/cifar10_study
-ARMS=(
-    resnet18@0,1,2                           # claim 1 baseline
-    resnet18_mod@0,1,2                       # claim 1
-    "resnet18:channels=(44,88,176,352)@0,1,2" # claim 5: plain, narrowed to resnet18_mod's MACs
-    resnet18_mod:routing=random@0,1,2        # claim 4
-    resnet34_mod@0,1,2                       # claim 2, against resnet18
-    resnet18_mod:c=4@0,1                     # claim 3 (Table 10 at c = 4): fusion into the first k
-    "resnet18_mod:c=4,fusion=original@0,1"   # claim 3: back to the gathered positions
-    resnet18_mod:fusion=original@0           # claim 3 at the default c
-)
+ARMS=()  # docs/cifar10_study/arms.txt without its comments
+while read -r arm; do ARMS+=("$arm"); done < <(sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e '/^$/d' docs/cifar10_study/arms.txt)
 study() { timm-mod compare -c train_args/cifar10.yaml --data-dir "$DATA" --output-dir "$OUT" --no-speed "$@"; }
 done_in() { [ -f "$1" ]; }
 

@@ -1,0 +1,195 @@
+""" The CIFAR-10 study's tables (docs/cifar10_study.md), from the per-run results kept beside this script.
+
+`--collect` first copies what run.sh finished under output/ into docs/cifar10_study/ (each run's result.json with
+its learning curve, the fine-tuned run, the int8 accuracy files, the stock train.py run's summary.csv). Then it
+prints, as Markdown: top-1 per arm (mean +- sample std over its seeds) with each run's convergence check, each
+claim's difference with its spread and a verdict, the int8 table and the train.py run beside its twin. With
+`--plot-dir` it writes compare.png/csv/json of the arms through timm-mod's own `write_comparison`.
+
+    python docs/cifar10_study/summarize.py --collect --plot-dir docs/cifar10_study/summary
+"""
+import argparse
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from timm_mod.experiments.compare import ComparisonRow, ModelSpec, summarize_runs, write_comparison
+from timm_mod.experiments.quantize import ACCURACY_COLUMNS, AccuracyRow, accuracy_table_rows
+from timm_mod.experiments.training import RunResult
+from timm_mod.utils.output import write_text_whole
+from timm_mod.utils.tables import format_table
+
+HERE = Path(__file__).parent
+RUNS, FINETUNE, INT8, TRAIN_PY = HERE / 'runs', HERE / 'finetune', HERE / 'int8', HERE / 'trainpy'
+STUDY_OUTPUT = Path('output/cifar10_study')
+FINETUNE_OUTPUT = Path('output/cifar10_finetune/resnet18_mod/seed0')
+INT8_OUTPUT = Path('output/cifar10_int8')
+TRAIN_PY_OUTPUT = Path('output/cifar10_trainpy/resnet18_mod_seed0')
+FLAT_POINTS = 0.5  # converged: over the last fifth of the epochs, top-1 moves by less than this (max - min)
+
+# (claim, arm, against, the paper's difference in points and where; the claim holds if the true difference of
+# arm minus against exceeds the threshold: claim 1 says MoD costs at most what the paper measured)
+CLAIMS = (
+    ('1. MoD costs little at about half the MACs', 'resnet18_mod', 'resnet18', -1.67, 'Table 9, CIFAR-10 R18', -1.67),
+    ('2. deeper MoD beats shallower plain', 'resnet34_mod', 'resnet18', 1.07, 'Table 1, ImageNet R34-MoD vs R18', 0.0),
+    ('3. fusion into the first k, c = 4', 'resnet18_mod:c=4', 'resnet18_mod:c=4,fusion=original', 12.96,
+     'Table 10, R50 c=4', 0.0),
+    ('3. fusion into the first k, c = 64', 'resnet18_mod', 'resnet18_mod:fusion=original', 4.48,
+     'Table 10, R50 c=64', 0.0),
+    ('4. learned routing beats random', 'resnet18_mod', 'resnet18_mod:routing=random', 0.77,
+     'Table 1, ImageNet R50-MoD', 0.0),
+    ('5. MoD beats plain narrowed to its MACs', 'resnet18_mod', 'resnet18:channels=(44,88,176,352)', None,
+     'not in the paper', 0.0),
+)
+
+
+def read_arms(path: Path = HERE / 'arms.txt') -> List[ModelSpec]:
+    """ The arms as run.sh trains them: arms.txt without comments and blank lines."""
+    lines = (line.split('#', 1)[0].strip() for line in path.read_text().splitlines())
+    return [ModelSpec.parse(line) for line in lines if line]
+
+
+def collect(arms: Sequence[ModelSpec]) -> None:
+    """ Copy every finished result under output/ into docs/cifar10_study/, checkpoint folders relative."""
+    def copy_result(source: Path, target: Path) -> None:
+        if source.exists():
+            record = json.loads(source.read_text())
+            record['checkpoint_dir'] = str(source.parent)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_text_whole(target, json.dumps(record, indent=2) + '\n')
+    for spec in arms:
+        for seed in spec.seeds:
+            copy_result(STUDY_OUTPUT / spec.folder_name / f'seed{seed}' / 'result.json',
+                        RUNS / f'{spec.folder_name}_seed{seed}.json')
+    copy_result(FINETUNE_OUTPUT / 'result.json', FINETUNE / 'resnet18_mod_seed0.json')
+    for accuracy in sorted(INT8_OUTPUT.glob('*/accuracy.json')):
+        INT8.mkdir(exist_ok=True)
+        shutil.copyfile(accuracy, INT8 / f'{accuracy.parent.name}.json')
+    if (TRAIN_PY_OUTPUT / 'summary.csv').exists():
+        TRAIN_PY.mkdir(exist_ok=True)
+        shutil.copyfile(TRAIN_PY_OUTPUT / 'summary.csv', TRAIN_PY / 'resnet18_mod_seed0_summary.csv')
+
+
+def read_results(folder: Path) -> List[RunResult]:
+    return [RunResult.from_json(json.loads(path.read_text())) for path in sorted(folder.glob('*.json'))]
+
+
+def last_fifth_moves(result: RunResult) -> float:
+    """ Max minus min top-1 over the last fifth of the epochs (rounded up): the convergence check."""
+    top1 = [point['top1'] for point in result.curve if point['top1'] is not None]
+    tail = top1[-math.ceil(len(top1) / 5):]
+    return max(tail) - min(tail)
+
+
+def pooled_std(rows: Sequence[ComparisonRow]) -> Optional[float]:
+    """ The seed-to-seed std pooled over every arm with two or more seeds (all arms share one recipe)."""
+    dof = sum(row.seeds - 1 for row in rows)
+    if dof == 0:
+        return None
+    return math.sqrt(sum((row.seeds - 1) * row.top1_std ** 2 for row in rows) / dof)
+
+
+def difference(arm: ComparisonRow, against: ComparisonRow, spread: Optional[float]
+               ) -> Tuple[float, Optional[float]]:
+    """ Mean top-1 of `arm` minus `against`, and its standard error from the pooled seed std."""
+    error = None if spread is None else spread * math.sqrt(1 / arm.seeds + 1 / against.seeds)
+    return arm.top1_mean - against.top1_mean, error
+
+
+def verdict(value: float, error: Optional[float], threshold: float) -> str:
+    """ Confirmed or contradicted when the difference clears the claim's threshold by two standard errors."""
+    if error is None:
+        return 'cannot tell (one seed per arm)'
+    if value - 2 * error > threshold:
+        return 'confirmed'
+    if value + 2 * error < threshold:
+        return 'contradicted'
+    return 'cannot tell'
+
+
+def arms_table(rows: Sequence[ComparisonRow], results: Sequence[RunResult], baseline_mmacs: float) -> str:
+    table = []
+    for row in rows:
+        runs = sorted((r for r in results if r.label == row.label), key=lambda r: r.seed)
+        moves = [last_fifth_moves(r) for r in runs]
+        top1 = f'{row.top1_mean:.2f} +- {row.top1_std:.2f}' if row.seeds > 1 else f'{row.top1_mean:.2f}'
+        table.append((row.label, str(row.seeds), top1,
+                      ' '.join(f'{r.top1:.2f}' for r in runs), ' '.join(f'{m:.2f}' for m in moves),
+                      'yes' if max(moves) < FLAT_POINTS else 'no', f'{row.params_m:.2f}', f'{row.mmacs:.1f}',
+                      f'{row.mmacs / baseline_mmacs:.2f}'))
+    return format_table(('arm', 'seeds', 'top-1 (%)', 'per seed', 'last fifth moves', 'flat', 'params (M)',
+                         'MMACs', 'MACs / resnet18'), table, markdown=True)
+
+
+def claims_table(rows: Sequence[ComparisonRow], finetune: Sequence[RunResult]) -> str:
+    by_label = {row.label: row for row in rows}
+    spread = pooled_std(rows)
+    table = []
+    for claim, arm, against, paper, where, threshold in CLAIMS:
+        arm_row, against_row = by_label.get(ModelSpec.parse(arm).label), by_label.get(ModelSpec.parse(against).label)
+        if arm_row is None or against_row is None:
+            table.append((claim, '-', '-', '-' if paper is None else f'{paper:+.2f} ({where})', 'not run yet'))
+            continue
+        value, error = difference(arm_row, against_row, spread)
+        table.append((claim, f'{arm_row.seeds} vs {against_row.seeds}',
+                      f'{value:+.2f}' + ('' if error is None else f' +- {error:.2f}'),
+                      '-' if paper is None else f'{paper:+.2f} ({where})', verdict(value, error, threshold)))
+    scratch = by_label.get('resnet18_mod')
+    for run in finetune:
+        if scratch is not None:
+            finetuned = ComparisonRow('fine-tuned', run.model_name, 1, run.top1, 0.0, run.params / 1e6, run.macs / 1e6)
+            value, error = difference(finetuned, scratch, spread)
+            table.append((f'from a trained resnet18, fine-tuned {run.epochs} epochs, vs resnet18_mod from scratch',
+                          f'1 vs {scratch.seeds}', f'{value:+.2f}' + ('' if error is None else f' +- {error:.2f}'),
+                          '- (not in the paper)', '-'))
+    return format_table(('claim', 'seeds', 'difference (points, +- 1 s.e.)', 'paper', 'verdict'), table,
+                        markdown=True)
+
+
+def int8_tables() -> str:
+    parts = []
+    for path in sorted(INT8.glob('*.json')):
+        rows = [AccuracyRow(**record) for record in json.loads(path.read_text())]
+        parts.append(f'{path.stem}:\n\n' + format_table(ACCURACY_COLUMNS, accuracy_table_rows(rows), markdown=True))
+    return '\n\n'.join(parts)
+
+
+def train_py_twin(results: Sequence[RunResult]) -> str:
+    """ The stock train.py run's last top-1 and last fifth, beside the compare run with the same seed."""
+    path = TRAIN_PY / 'resnet18_mod_seed0_summary.csv'
+    twin = next((r for r in results if r.label == 'resnet18_mod' and r.seed == 0), None)
+    if not path.exists() or twin is None:
+        return ''
+    with path.open() as file:
+        top1 = [float(row['eval_top1']) for row in csv.DictReader(file)]
+    tail = top1[-math.ceil(len(top1) / 5):]
+    return format_table(('resnet18_mod seed 0', 'epochs', 'top-1 (%)', 'last fifth moves'), [
+        ("timm's train.py", str(len(top1)), f'{top1[-1]:.2f}', f'{max(tail) - min(tail):.2f}'),
+        ('timm-mod compare', str(twin.epochs), f'{twin.top1:.2f}', f'{last_fifth_moves(twin):.2f}')], markdown=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--collect', action='store_true', help='first copy finished results from output/')
+    parser.add_argument('--plot-dir', type=Path, default=None, help='write compare.png/csv/json of the arms here')
+    args = parser.parse_args()
+    arms = read_arms()
+    if args.collect:
+        collect(arms)
+    results, finetune = read_results(RUNS), read_results(FINETUNE)
+    rows = summarize_runs(arms, results)
+    if not rows:
+        raise SystemExit(f'No finished runs in {RUNS}; run run.sh, then this script with --collect.')
+    baseline_mmacs = next((row.mmacs for row in rows if row.label == 'resnet18'), rows[0].mmacs)
+    parts = (arms_table(rows, results, baseline_mmacs), claims_table(rows, finetune), int8_tables(),
+             train_py_twin(results))
+    print('\n\n'.join(part for part in parts if part))
+    if args.plot_dir is not None:
+        write_comparison(rows, args.plot_dir, results)
+
+
+if __name__ == '__main__':
+    main()
