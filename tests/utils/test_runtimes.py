@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import timm
 import torch.nn as nn
@@ -74,9 +75,10 @@ def test_routing_nodes_are_the_selectors_from_pooling_to_top_k(tmp_path: Path) -
     assert ops['ReduceSum'] == ops['Sigmoid'] == 4 and not ops.keys() & {'Conv', 'Gather', 'TopK', 'Add'}
 
 
-def test_int8_export_quantizes_the_convolutions_and_keeps_routing_float(tmp_path: Path) -> None:
-    """ QDQ int8: every Conv reads int8 weights through DequantizeLinear, no routing node reads a dequantized
-    tensor, and the file runs in both runtimes at the batch it was calibrated on and at another (dynamic batch)."""
+def test_int8_export_quantizes_the_convolutions_and_keeps_routing_and_stem_float(tmp_path: Path) -> None:
+    """ QDQ int8: every Conv but the one reading the image reads int8 weights through DequantizeLinear, that one
+    reads the float image and float weights, no routing node reads a dequantized tensor, and the file runs in both
+    runtimes at the batch it was calibrated on and at another (dynamic batch)."""
     model = timm.create_model('resnet18_mod').eval()
     fp32 = export_onnx(model, tmp_path / 'm.onnx', (2, 3, 64, 64), dynamic_batch=True)
     rng = np.random.default_rng(0)
@@ -87,7 +89,11 @@ def test_int8_export_quantizes_the_convolutions_and_keeps_routing_float(tmp_path
     initializers = {t.name: t for t in int8.graph.initializer}
     convs = [node for node in int8.graph.node if node.op_type == 'Conv']
     assert len(convs) == sum(isinstance(m, nn.Conv2d) for m in model.modules()) + 4  # + the one-hot fusions
+    stem = [node for node in convs if node.input[0] == int8.graph.input[0].name]
+    assert len(stem) == 1 and initializers[stem[0].input[1]].data_type == onnx.TensorProto.FLOAT
     for node in convs:
+        if node is stem[0]:
+            continue
         weight = producers[node.input[1]]
         assert weight.op_type == 'DequantizeLinear'
         assert initializers[weight.input[0]].data_type == onnx.TensorProto.INT8
@@ -103,14 +109,23 @@ def test_int8_export_quantizes_the_convolutions_and_keeps_routing_float(tmp_path
 
 
 def test_int8_ranges_cover_every_calibration_batch(tmp_path: Path) -> None:
-    """ The input's quantization range spans all calibration batches: the first of five is ten times wider than the
-    rest, and the input scale must say so (onnxruntime's CalibMaxIntermediateOutputs drops the batches it flushes)."""
+    """ The first quantized map's range spans all calibration batches: the first of five images is ten times
+    wider than the rest, and the scale must say so (onnxruntime's CalibMaxIntermediateOutputs drops the batches it
+    flushes). The map is the float stem's output, its values over each batch read from the float export."""
     model = timm.create_model('resnet18_mod').eval()
     fp32 = export_onnx(model, tmp_path / 'm.onnx', (2, 3, 32, 32))
     rng = np.random.default_rng(0)
     batches = [rng.uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32) * (10.0 if i == 0 else 1.0) for i in range(5)]
     int8 = onnx.load(str(quantize_int8(fp32, tmp_path / 'm_int8.onnx', batches)))
-    quantize_input = next(n for n in int8.graph.node if n.op_type == 'QuantizeLinear' and n.input[0] == 'x')
-    scale = {t.name: numpy_helper.to_array(t) for t in int8.graph.initializer}[quantize_input.input[1]]
-    span = max(b.max() for b in batches) - min(b.min() for b in batches)
-    assert float(scale) == pytest.approx(span / 255, rel=0.01)
+    first = next(n for n in int8.graph.node if n.op_type == 'QuantizeLinear' and not n.input[0].endswith('weight'))
+    scale = {t.name: numpy_helper.to_array(t) for t in int8.graph.initializer}[first.input[1]]
+    probe = onnx.load(str(fp32))
+    probe.graph.output.append(onnx.helper.make_tensor_value_info(first.input[0], onnx.TensorProto.FLOAT, None))
+    onnx.save(probe, str(tmp_path / 'probe.onnx'))
+    session = onnxruntime.InferenceSession(str(tmp_path / 'probe.onnx'), providers=['CPUExecutionProvider'])
+    maps = [session.run([first.input[0]], {'x': batch})[0] for batch in batches]
+
+    def span(values: list) -> float:  # the quantizer's range always holds 0
+        return max(max(v.max() for v in values), 0.0) - min(min(v.min() for v in values), 0.0)
+    assert span(maps) > 3 * span(maps[1:])  # the wide batch sets the range
+    assert float(scale) == pytest.approx(span(maps) / 255, rel=0.01)
