@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The converged CIFAR-10 study (docs/cifar10_study.md): every run, in the order it trains. Run it from the
 # repository root with timm-mod installed; every step skips what is finished and resumes what was interrupted,
-# so after an interruption run it again. Data: an ImageFolder copy of CIFAR-10 (train/ and validation/).
+# so after an interruption run it again; on a fresh checkout first run `python docs/cifar10_study/summarize.py
+# --restore`, which puts the committed results back under output/. Data: an ImageFolder copy of CIFAR-10 (train/
+# and validation/).
 # Nothing here times anything: time the finished study on an idle machine (the last command of the doc).
 set -euo pipefail
 DATA=${1:-../shared/data/cifar10}
@@ -15,15 +17,19 @@ done_in() { [ -f "$1" ]; }
 study --models resnet18@0 resnet18_mod@0
 
 # 2. from a trained plain model: resnet18 seed 0 converted to resnet18_mod, fine-tuned a quarter of the epochs
-done_in "$OUT/resnet18_mod_from_resnet18.pth" || timm-mod convert --model resnet18_mod \
-    --checkpoint "$OUT/resnet18/seed0/last.pth.tar" --output "$OUT/resnet18_mod_from_resnet18.pth"
-timm-mod compare -c train_args/cifar10_finetune.yaml --data-dir "$DATA" --output-dir output/cifar10_finetune \
-    --models resnet18_mod@0 --no-speed
+if ! done_in output/cifar10_finetune/resnet18_mod/seed0/result.json; then
+    done_in "$OUT/resnet18_mod_from_resnet18.pth" || timm-mod convert --model resnet18_mod \
+        --checkpoint "$OUT/resnet18/seed0/last.pth.tar" --output "$OUT/resnet18_mod_from_resnet18.pth"
+    timm-mod compare -c train_args/cifar10_finetune.yaml --data-dir "$DATA" --output-dir output/cifar10_finetune \
+        --models resnet18_mod@0 --no-speed
+fi
 
-# 3. int8: top-1 and routing agreement of the converged seed-0 models in onnxruntime and OpenVINO
+# 3. int8: top-1 and routing agreement of converged models in onnxruntime and OpenVINO, from their second seed
+#    (the seed-0 checkpoints were lost with a machine before quantize_int8 kept the first convolution float32)
+study --models resnet18_mod@1 resnet18@1
 for model in resnet18 resnet18_mod; do
     done_in "output/cifar10_int8/$model/accuracy.json" || timm-mod quantize --model "$model" \
-        --checkpoint "$OUT/$model/seed0/last.pth.tar" --data-dir "$DATA" --output "output/cifar10_int8/$model"
+        --checkpoint "$OUT/$model/seed1/last.pth.tar" --data-dir "$DATA" --output "output/cifar10_int8/$model"
 done
 
 # 4. the same run as resnet18_mod seed 0 through timm's stock train.py, when given its path (it is not in timm's

@@ -4,7 +4,8 @@
 its learning curve, the fine-tuned run, the int8 accuracy files, the stock train.py run's summary.csv). Then it
 prints, as Markdown: top-1 per arm (mean +- sample std over its seeds) with each run's convergence check, each
 claim's difference with its spread and a verdict, the int8 table and the train.py run beside its twin. With
-`--plot-dir` it writes compare.png/csv/json of the arms through timm-mod's own `write_comparison`.
+`--plot-dir` it writes compare.png/csv/json of the arms through timm-mod's own `write_comparison`. `--restore`
+copies the committed results back under output/, so that run.sh on a fresh checkout trains only what is missing.
 
     python docs/cifar10_study/summarize.py --collect --plot-dir docs/cifar10_study/summary
 """
@@ -71,6 +72,22 @@ def collect(arms: Sequence[ModelSpec]) -> None:
     if (TRAIN_PY_OUTPUT / 'summary.csv').exists():
         TRAIN_PY.mkdir(exist_ok=True)
         shutil.copyfile(TRAIN_PY_OUTPUT / 'summary.csv', TRAIN_PY / 'resnet18_mod_seed0_summary.csv')
+
+
+def restore(arms: Sequence[ModelSpec]) -> None:
+    """ Copy the committed results back under output/ where missing, so that run.sh on a fresh checkout skips
+    finished runs instead of training them again (their checkpoints are not in git)."""
+    def put_back(source: Path, target: Path) -> None:
+        if source.exists() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_text_whole(target, source.read_text())
+    for spec in arms:
+        for seed in spec.seeds:
+            put_back(RUNS / f'{spec.folder_name}_seed{seed}.json',
+                     STUDY_OUTPUT / spec.folder_name / f'seed{seed}' / 'result.json')
+    put_back(FINETUNE / 'resnet18_mod_seed0.json', FINETUNE_OUTPUT / 'result.json')
+    for accuracy in sorted(INT8.glob('*.json')):
+        put_back(accuracy, INT8_OUTPUT / accuracy.stem / 'accuracy.json')
 
 
 def read_results(folder: Path) -> List[RunResult]:
@@ -174,9 +191,13 @@ def train_py_twin(results: Sequence[RunResult]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--collect', action='store_true', help='first copy finished results from output/')
+    parser.add_argument('--restore', action='store_true',
+                        help='copy committed results back to output/ (a fresh checkout), then exit')
     parser.add_argument('--plot-dir', type=Path, default=None, help='write compare.png/csv/json of the arms here')
     args = parser.parse_args()
     arms = read_arms()
+    if args.restore:
+        return restore(arms)
     if args.collect:
         collect(arms)
     results, finetune = read_results(RUNS), read_results(FINETUNE)
