@@ -15,7 +15,7 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from timm_mod.experiments.compare import ComparisonRow, ModelSpec, summarize_runs, write_comparison
 from timm_mod.experiments.quantize import ACCURACY_COLUMNS, AccuracyRow, accuracy_table_rows
@@ -53,6 +53,15 @@ def read_arms(path: Path = HERE / 'arms.txt') -> List[ModelSpec]:
     return [ModelSpec.parse(line) for line in lines if line]
 
 
+def run_files(arms: Sequence[ModelSpec]) -> Iterator[Tuple[Path, Path]]:
+    """ (result.json under output/, its copy under docs/cifar10_study/) of every run and of the fine-tune."""
+    for spec in arms:
+        for seed in spec.seeds:
+            yield (STUDY_OUTPUT / spec.folder_name / f'seed{seed}' / 'result.json',
+                   RUNS / f'{spec.folder_name}_seed{seed}.json')
+    yield FINETUNE_OUTPUT / 'result.json', FINETUNE / 'resnet18_mod_seed0.json'
+
+
 def collect(arms: Sequence[ModelSpec]) -> None:
     """ Copy every finished result under output/ into docs/cifar10_study/, checkpoint folders relative."""
     def copy_result(source: Path, target: Path) -> None:
@@ -61,11 +70,8 @@ def collect(arms: Sequence[ModelSpec]) -> None:
             record['checkpoint_dir'] = str(source.parent)
             target.parent.mkdir(parents=True, exist_ok=True)
             write_text_whole(target, json.dumps(record, indent=2) + '\n')
-    for spec in arms:
-        for seed in spec.seeds:
-            copy_result(STUDY_OUTPUT / spec.folder_name / f'seed{seed}' / 'result.json',
-                        RUNS / f'{spec.folder_name}_seed{seed}.json')
-    copy_result(FINETUNE_OUTPUT / 'result.json', FINETUNE / 'resnet18_mod_seed0.json')
+    for finished, committed in run_files(arms):
+        copy_result(finished, committed)
     for accuracy in sorted(INT8_OUTPUT.glob('*/accuracy.json')):
         INT8.mkdir(exist_ok=True)
         shutil.copyfile(accuracy, INT8 / f'{accuracy.parent.name}.json')
@@ -81,11 +87,8 @@ def restore(arms: Sequence[ModelSpec]) -> None:
         if source.exists() and not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             write_text_whole(target, source.read_text())
-    for spec in arms:
-        for seed in spec.seeds:
-            put_back(RUNS / f'{spec.folder_name}_seed{seed}.json',
-                     STUDY_OUTPUT / spec.folder_name / f'seed{seed}' / 'result.json')
-    put_back(FINETUNE / 'resnet18_mod_seed0.json', FINETUNE_OUTPUT / 'result.json')
+    for finished, committed in run_files(arms):
+        put_back(committed, finished)
     for accuracy in sorted(INT8.glob('*.json')):
         put_back(accuracy, INT8_OUTPUT / accuracy.stem / 'accuracy.json')
 
