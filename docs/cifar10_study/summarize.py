@@ -6,6 +6,7 @@ prints, as Markdown: top-1 per arm (mean +- sample std over its seeds) with each
 claim's difference with its spread and a verdict, the int8 table and the train.py run beside its twin. With
 `--plot-dir` it writes compare.png/csv/json of the arms through timm-mod's own `write_comparison`. `--restore`
 copies the committed results back under output/, so that run.sh on a fresh checkout trains only what is missing.
+`--lane I` prints the runs of arms.txt that run.sh's lane I trains (see `lane_runs`).
 
     python docs/cifar10_study/summarize.py --collect --plot-dir docs/cifar10_study/summary
 """
@@ -15,17 +16,24 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import timm
 
 from timm_mod.experiments.compare import ComparisonRow, ModelSpec, summarize_runs, write_comparison
 from timm_mod.experiments.quantize import ACCURACY_COLUMNS, AccuracyRow, accuracy_table_rows
 from timm_mod.experiments.training import RunResult
+from timm_mod.models.zoo import measure
 from timm_mod.utils.output import write_text_whole
 from timm_mod.utils.tables import format_table
 
 HERE = Path(__file__).parent
 RUNS, FINETUNE, INT8, TRAIN_PY = HERE / 'runs', HERE / 'finetune', HERE / 'int8', HERE / 'trainpy'
-STUDY_OUTPUT = Path('output/cifar10_study')
+# run.sh trains in two lanes of one thread each, side by side, each in its own folder (compare locks its folder)
+LANES = (Path('output/cifar10_study'), Path('output/cifar10_study_lane2'))
+# what run.sh's lane 1 trains before its share of arms.txt: the first seeds, which the fine-tune and int8 start from
+LANE1_FIRST = (('resnet18', 0), ('resnet18_mod', 0), ('resnet18_mod', 1), ('resnet18', 1))
+EPOCHS, FINETUNE_EPOCHS = 30, 7
 FINETUNE_OUTPUT = Path('output/cifar10_finetune/resnet18_mod/seed0')
 INT8_OUTPUT = Path('output/cifar10_int8')
 TRAIN_PY_OUTPUT = Path('output/cifar10_trainpy/resnet18_mod_seed0')
@@ -47,31 +55,87 @@ CLAIMS = (
 )
 
 
-def read_arms(path: Path = HERE / 'arms.txt') -> List[ModelSpec]:
-    """ The arms as run.sh trains them: arms.txt without comments and blank lines."""
+def arm_lines(path: Path = HERE / 'arms.txt') -> List[str]:
+    """ arms.txt without comments and blank lines: one `NAME[:KEY=VALUE,...]@SEEDS` per arm."""
     lines = (line.split('#', 1)[0].strip() for line in path.read_text().splitlines())
-    return [ModelSpec.parse(line) for line in lines if line]
+    return [line for line in lines if line]
 
 
-def run_files(arms: Sequence[ModelSpec]) -> Iterator[Tuple[Path, Path]]:
-    """ (result.json under output/, its copy under docs/cifar10_study/) of every run and of the fine-tune."""
+def read_arms() -> List[ModelSpec]:
+    """ The arms as run.sh trains them."""
+    return [ModelSpec.parse(line) for line in arm_lines()]
+
+
+def run_files(arms: Sequence[ModelSpec]) -> Iterator[Tuple[Tuple[Path, ...], Path]]:
+    """ (result.json in each folder under output/ that can hold it, its copy under docs/cifar10_study/) of every
+    run and of the fine-tune."""
     for spec in arms:
         for seed in spec.seeds:
-            yield (STUDY_OUTPUT / spec.folder_name / f'seed{seed}' / 'result.json',
+            yield (tuple(lane / spec.folder_name / f'seed{seed}' / 'result.json' for lane in LANES),
                    RUNS / f'{spec.folder_name}_seed{seed}.json')
-    yield FINETUNE_OUTPUT / 'result.json', FINETUNE / 'resnet18_mod_seed0.json'
+    yield (FINETUNE_OUTPUT / 'result.json',), FINETUNE / 'resnet18_mod_seed0.json'
+
+
+def lane_runs(lane: int) -> List[str]:
+    """ The unfinished runs of arms.txt that run.sh's lane `lane` (1 or 2) trains, as `compare --models` arguments.
+
+    Lane 1 first trains the first seeds of resnet18 and resnet18_mod, the fine-tune and int8 (run.sh), lane 2 the
+    stock train.py twin. A run started in a lane stays there (its checkpoints are in that lane's folder); every
+    other unfinished run goes, seed by seed, to the lane with less work queued, counted in MACs times epochs. Both
+    lanes are computed from the same state before either trains, so they never share a run.
+    """
+    arms = [(line.partition('@')[0], ModelSpec.parse(line)) for line in arm_lines()]
+    macs: Dict[str, float] = {}
+    for _, spec in arms:
+        model = timm.create_model(spec.model_name, num_classes=10, device='meta', **spec.kwargs)
+        macs[spec.folder_name] = measure(model, (3, 32, 32))[1]
+    queued = [0.0, 0.0]
+    if not (FINETUNE_OUTPUT / 'result.json').exists():
+        queued[0] += macs['resnet18_mod'] * FINETUNE_EPOCHS
+    if not _twin_finished():
+        queued[1] += macs['resnet18_mod'] * EPOCHS
+    runs = sorted(((seed, index, text, spec) for index, (text, spec) in enumerate(arms) for seed in spec.seeds),
+                  key=lambda run: run[:2])
+    assigned: Dict[int, List[Tuple[str, int]]] = {0: [], 1: []}
+    for seed, _, text, spec in runs:
+        folders = [folder / spec.folder_name / f'seed{seed}' for folder in LANES]
+        if any((folder / 'result.json').exists() for folder in folders):
+            continue
+        started = [index for index, folder in enumerate(folders) if folder.exists()]
+        if (spec.folder_name, seed) in LANE1_FIRST:
+            chosen = 0
+        elif started:
+            chosen = started[0]
+        else:
+            chosen = min((0, 1), key=lambda index: queued[index])
+        queued[chosen] += macs[spec.folder_name] * EPOCHS
+        assigned[chosen].append((text, seed))
+    by_arm: Dict[str, List[int]] = {}
+    for text, seed in assigned[lane - 1]:
+        by_arm.setdefault(text, []).append(seed)
+    return [f'{text}@{",".join(map(str, seeds))}' for text, seeds in by_arm.items()]
+
+
+def _twin_finished() -> bool:
+    """ Whether the stock train.py twin wrote its last epoch (train.py counts epochs from 0)."""
+    summary = TRAIN_PY_OUTPUT / 'summary.csv'
+    if not summary.exists():
+        return False
+    with summary.open() as file:
+        return any(row['epoch'] == str(EPOCHS - 1) for row in csv.DictReader(file))
 
 
 def collect(arms: Sequence[ModelSpec]) -> None:
     """ Copy every finished result under output/ into docs/cifar10_study/, checkpoint folders relative."""
     def copy_result(source: Path, target: Path) -> None:
-        if source.exists():
-            record = json.loads(source.read_text())
-            record['checkpoint_dir'] = str(source.parent)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_text_whole(target, json.dumps(record, indent=2) + '\n')
-    for finished, committed in run_files(arms):
-        copy_result(finished, committed)
+        record = json.loads(source.read_text())
+        record['checkpoint_dir'] = str(source.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_text_whole(target, json.dumps(record, indent=2) + '\n')
+    for candidates, committed in run_files(arms):
+        finished = next((path for path in candidates if path.exists()), None)
+        if finished is not None:
+            copy_result(finished, committed)
     for accuracy in sorted(INT8_OUTPUT.glob('*/accuracy.json')):
         INT8.mkdir(exist_ok=True)
         shutil.copyfile(accuracy, INT8 / f'{accuracy.parent.name}.json')
@@ -81,14 +145,15 @@ def collect(arms: Sequence[ModelSpec]) -> None:
 
 
 def restore(arms: Sequence[ModelSpec]) -> None:
-    """ Copy the committed results back under output/ where missing, so that run.sh on a fresh checkout skips
-    finished runs instead of training them again (their checkpoints are not in git)."""
+    """ Copy the committed results back under output/ (lane 1's folder) where no lane has them, so that run.sh on
+    a fresh checkout skips finished runs instead of training them again (their checkpoints are not in git)."""
     def put_back(source: Path, target: Path) -> None:
         if source.exists() and not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             write_text_whole(target, source.read_text())
-    for finished, committed in run_files(arms):
-        put_back(committed, finished)
+    for candidates, committed in run_files(arms):
+        if not any(path.exists() for path in candidates):
+            put_back(committed, candidates[0])
     for accuracy in sorted(INT8.glob('*.json')):
         put_back(accuracy, INT8_OUTPUT / accuracy.stem / 'accuracy.json')
 
@@ -197,7 +262,11 @@ def main() -> None:
     parser.add_argument('--restore', action='store_true',
                         help='copy committed results back to output/ (a fresh checkout), then exit')
     parser.add_argument('--plot-dir', type=Path, default=None, help='write compare.png/csv/json of the arms here')
+    parser.add_argument('--lane', type=int, choices=(1, 2), default=None,
+                        help="print the unfinished runs of run.sh's lane 1 or 2, one compare --models argument a line")
     args = parser.parse_args()
+    if args.lane is not None:
+        return print('\n'.join(lane_runs(args.lane)))
     arms = read_arms()
     if args.restore:
         return restore(arms)
