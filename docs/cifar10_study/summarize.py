@@ -6,7 +6,9 @@ prints, as Markdown: top-1 per arm (mean +- sample std over its seeds) with each
 claim's difference with its spread and a verdict, the int8 table and the train.py run beside its twin. With
 `--plot-dir` it writes compare.png/csv/json of the arms through timm-mod's own `write_comparison`. `--restore`
 copies the committed results back under output/, so that run.sh on a fresh checkout trains only what is missing.
-`--lane I` prints the runs of arms.txt that run.sh's lane I trains (see `lane_runs`).
+`--lane I` prints the runs of arms.txt that run.sh's lane I trains (see `lane_runs`). `--time DATA_DIR` times every
+arm with a finished run, side by side, and keeps the times in timing.json for the tables and the plot: run it on an
+otherwise idle machine.
 
     python docs/cifar10_study/summarize.py --collect --plot-dir docs/cifar10_study/summary
 """
@@ -15,13 +17,19 @@ import csv
 import json
 import math
 import shutil
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import timm
+import torch
 
-from timm_mod.experiments.compare import ComparisonRow, ModelSpec, summarize_runs, write_comparison
+from timm_mod.experiments.benchmark import device_name
+from timm_mod.experiments.compare import (
+    RESULT_FILE, ComparisonRow, ModelSpec, compare, format_comparison, summarize_runs, write_comparison)
 from timm_mod.experiments.quantize import ACCURACY_COLUMNS, AccuracyRow, accuracy_table_rows
+from timm_mod.experiments.recipe import load_train_args
 from timm_mod.experiments.training import RunResult
 from timm_mod.models.zoo import measure
 from timm_mod.utils.output import write_text_whole
@@ -37,6 +45,9 @@ EPOCHS, FINETUNE_EPOCHS = 30, 7
 FINETUNE_OUTPUT = Path('output/cifar10_finetune/resnet18_mod/seed0')
 INT8_OUTPUT = Path('output/cifar10_int8')
 TRAIN_PY_OUTPUT = Path('output/cifar10_trainpy/resnet18_mod_seed0')
+RECIPE = Path('train_args/cifar10.yaml')
+TIMING = HERE / 'timing.json'  # the arms' measured CPU times (`--time`)
+SPEED_FIELDS = ('inference_ms', 'inference_speedup', 'train_step_ms', 'train_speedup', 'speed_setting')
 FLAT_POINTS = 0.5  # converged: over the last fifth of the epochs, top-1 moves by less than this (max - min)
 
 # (claim, arm, against, the paper's difference in points and where; the claim holds if the true difference of
@@ -158,6 +169,35 @@ def restore(arms: Sequence[ModelSpec]) -> None:
         put_back(accuracy, INT8_OUTPUT / accuracy.stem / 'accuracy.json')
 
 
+def time_arms(arms: Sequence[ModelSpec], results: Sequence[RunResult], data_dir: Path) -> None:
+    """ Time inference and a training step of every arm with a finished run, side by side in one process (one
+    thread, the recipe's batch of 128 at 32 px), and keep the times in timing.json. `timm-mod compare` does the
+    timing, on a scratch folder holding copies of the finished results so that it trains nothing."""
+    timed = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for spec in arms:
+            seeds = tuple(sorted(r.seed for r in results if r.label == spec.label))
+            if not seeds:
+                continue
+            timed.append(replace(spec, seeds=seeds))
+            for seed in seeds:
+                run_dir = Path(scratch) / spec.folder_name / f'seed{seed}'
+                run_dir.mkdir(parents=True)
+                shutil.copyfile(RUNS / f'{spec.folder_name}_seed{seed}.json', run_dir / RESULT_FILE)
+        rows, _ = compare(timed, load_train_args(RECIPE), data_dir, Path(scratch), threads=1)
+    times = {row.label: {field: getattr(row, field) for field in SPEED_FIELDS} for row in rows}
+    record = {'cpu': device_name('cpu'), 'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'times': times}
+    write_text_whole(TIMING, json.dumps(record, indent=2) + '\n')
+
+
+def with_times(rows: Sequence[ComparisonRow]) -> List[ComparisonRow]:
+    """ The rows with the CPU times of timing.json, where it has them."""
+    if not TIMING.exists():
+        return list(rows)
+    times = json.loads(TIMING.read_text())['times']
+    return [replace(row, **times[row.label]) if row.label in times else row for row in rows]
+
+
 def read_results(folder: Path) -> List[RunResult]:
     return [RunResult.from_json(json.loads(path.read_text())) for path in sorted(folder.glob('*.json'))]
 
@@ -262,6 +302,9 @@ def main() -> None:
     parser.add_argument('--restore', action='store_true',
                         help='copy committed results back to output/ (a fresh checkout), then exit')
     parser.add_argument('--plot-dir', type=Path, default=None, help='write compare.png/csv/json of the arms here')
+    parser.add_argument('--time', type=Path, default=None, metavar='DATA_DIR',
+                        help='first time every arm with a finished run side by side (idle machine; the data folder '
+                             'is only checked), keeping the times in timing.json')
     parser.add_argument('--lane', type=int, choices=(1, 2), default=None,
                         help="print the unfinished runs of run.sh's lane 1 or 2, one compare --models argument a line")
     args = parser.parse_args()
@@ -273,11 +316,15 @@ def main() -> None:
     if args.collect:
         collect(arms)
     results, finetune = read_results(RUNS), read_results(FINETUNE)
-    rows = summarize_runs(arms, results)
-    if not rows:
+    if not summarize_runs(arms, results):
         raise SystemExit(f'No finished runs in {RUNS}; run run.sh, then this script with --collect.')
+    if args.time is not None:
+        time_arms(arms, results, args.time)
+    rows = with_times(summarize_runs(arms, results))
     baseline_mmacs = next((row.mmacs for row in rows if row.label == 'resnet18'), rows[0].mmacs)
-    parts = (arms_table(rows, results, baseline_mmacs), claims_table(rows, finetune), int8_tables(),
+    timed = [row for row in rows if row.inference_ms is not None]
+    parts = (arms_table(rows, results, baseline_mmacs), claims_table(rows, finetune),
+             format_comparison(timed, markdown=True) + f'\n\n{timed[0].speed_setting}' if timed else '', int8_tables(),
              train_py_twin(results))
     print('\n\n'.join(part for part in parts if part))
     if args.plot_dir is not None:
