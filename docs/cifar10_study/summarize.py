@@ -77,13 +77,18 @@ def read_arms() -> List[ModelSpec]:
     return [ModelSpec.parse(line) for line in arm_lines()]
 
 
+def committed_result(spec: ModelSpec, seed: int) -> Path:
+    """ Where a run's result.json is kept in git."""
+    return RUNS / f'{spec.folder_name}_seed{seed}.json'
+
+
 def run_files(arms: Sequence[ModelSpec]) -> Iterator[Tuple[Tuple[Path, ...], Path]]:
     """ (result.json in each folder under output/ that can hold it, its copy under docs/cifar10_study/) of every
     run and of the fine-tune."""
     for spec in arms:
         for seed in spec.seeds:
             yield (tuple(lane / spec.folder_name / f'seed{seed}' / 'result.json' for lane in LANES),
-                   RUNS / f'{spec.folder_name}_seed{seed}.json')
+                   committed_result(spec, seed))
     yield (FINETUNE_OUTPUT / 'result.json',), FINETUNE / 'resnet18_mod_seed0.json'
 
 
@@ -183,7 +188,7 @@ def time_arms(arms: Sequence[ModelSpec], results: Sequence[RunResult], data_dir:
             for seed in seeds:
                 run_dir = Path(scratch) / spec.folder_name / f'seed{seed}'
                 run_dir.mkdir(parents=True)
-                shutil.copyfile(RUNS / f'{spec.folder_name}_seed{seed}.json', run_dir / RESULT_FILE)
+                shutil.copyfile(committed_result(spec, seed), run_dir / RESULT_FILE)
         rows, _ = compare(timed, load_train_args(RECIPE), data_dir, Path(scratch), threads=1)
     times = {row.label: {field: getattr(row, field) for field in SPEED_FIELDS} for row in rows}
     record = {'cpu': device_name('cpu'), 'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'times': times}
@@ -316,11 +321,12 @@ def main() -> None:
     if args.collect:
         collect(arms)
     results, finetune = read_results(RUNS), read_results(FINETUNE)
-    if not summarize_runs(arms, results):
+    rows = summarize_runs(arms, results)
+    if not rows:
         raise SystemExit(f'No finished runs in {RUNS}; run run.sh, then this script with --collect.')
     if args.time is not None:
         time_arms(arms, results, args.time)
-    rows = with_times(summarize_runs(arms, results))
+    rows = with_times(rows)
     baseline_mmacs = next((row.mmacs for row in rows if row.label == 'resnet18'), rows[0].mmacs)
     timed = [row for row in rows if row.inference_ms is not None]
     parts = (arms_table(rows, results, baseline_mmacs), claims_table(rows, finetune),
