@@ -161,15 +161,17 @@ def collect(arms: Sequence[ModelSpec]) -> None:
 
 
 def restore(arms: Sequence[ModelSpec]) -> None:
-    """ Copy the committed results back under output/ (lane 1's folder) where no lane has them, so that run.sh on
-    a fresh checkout skips finished runs instead of training them again (their checkpoints are not in git)."""
+    """ Copy the committed results back under output/, into the lane folder each trained in, where no lane has
+    them, so that run.sh on a fresh checkout skips finished runs instead of training them again (their checkpoints
+    are not in git), and a later --collect writes the same files back unchanged."""
     def put_back(source: Path, target: Path) -> None:
         if source.exists() and not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             write_text_whole(target, source.read_text())
     for candidates, committed in run_files(arms):
-        if not any(path.exists() for path in candidates):
-            put_back(committed, candidates[0])
+        if committed.exists() and not any(path.exists() for path in candidates):
+            trained_in = Path(json.loads(committed.read_text()).get('checkpoint_dir', ''))
+            put_back(committed, next((path for path in candidates if path.parent == trained_in), candidates[0]))
     for accuracy in sorted(INT8.glob('*.json')):
         put_back(accuracy, INT8_OUTPUT / accuracy.stem / 'accuracy.json')
 
