@@ -143,7 +143,8 @@ def test_a_study_refuses_another_recipe_in_its_folder_before_training(
     args = load_train_args(recipe_file)
     compare([ModelSpec('resnet18')], args, image_folder, tmp_path, epochs=1, measure_speed=False, progress=False)
     finished = sorted(p.name for p in tmp_path.rglob('*'))
-    with pytest.raises(ValueError, match=r'another recipe or data set \(differs in: epochs\)'):
+    with pytest.raises(ValueError,
+                       match=r'another recipe or data set \(differs in: recipe: epochs \(1 there, 2 now\)\)'):
         compare([ModelSpec('resnet18_mod')], args, image_folder, tmp_path, epochs=2, progress=False)
     assert sorted(p.name for p in tmp_path.rglob('*')) == finished, 'nothing was trained or written'
 

@@ -81,8 +81,10 @@ def _convert(args: argparse.Namespace) -> None:
     from ..experiments.quickstart import finetune_args_file
     from ..models.checkpoint import convert_plain_weights, plain_counterpart
     path = convert_plain_weights(
-        args.model, args.output, checkpoint_path=args.checkpoint, pretrained=args.pretrained, overwrite=args.overwrite)
-    print(f'{plain_counterpart(args.model)} weights in {args.model}: {path}\n'
+        args.model, args.output, checkpoint_path=args.checkpoint, pretrained=args.pretrained, overwrite=args.overwrite,
+        use_ema=args.ema)
+    source = "timm's pretrained weights" if args.pretrained else f'{_weights_key(args.ema)} of {args.checkpoint}'
+    print(f'{plain_counterpart(args.model)} weights in {args.model}: {path}, from {source}\n'
           f'fine-tune: python train.py -c {finetune_args_file()} --model {args.model} '
           f'--initial-checkpoint {path} --data-dir DATA')
 
@@ -217,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument('--checkpoint', type=Path, help='checkpoint of the plain counterpart (e.g. resnet50)')
     source.add_argument('--pretrained', action='store_true', help="timm's pretrained weights of the plain counterpart")
     convert.add_argument('--output', type=Path, required=True, help='state dict to write (.pth or .safetensors)')
-    convert.add_argument('--overwrite', action='store_true', help='replace an existing --output')
+    convert.add_argument('--ema', action='store_true', help="convert train.py's EMA weights (state_dict_ema)")
+    convert.add_argument('--overwrite', action='store_true',
+                         help='replace an existing --output (never the --checkpoint it reads)')
     convert.set_defaults(run=_convert)
 
     bench = commands.add_parser(
@@ -284,6 +288,7 @@ def _add_trained_model_arguments(parser: argparse.ArgumentParser) -> None:
     """ A trained model and the ImageFolder to run it on, with its preprocessing (selection, quantize)."""
     parser.add_argument('--model', required=True, help='registered name, hf-hub:ORG/NAME or local-dir:PATH')
     parser.add_argument('--checkpoint', type=Path, default=None, help='train.py checkpoint or .safetensors')
+    parser.add_argument('--ema', action='store_true', help="use train.py's EMA weights (state_dict_ema)")
     parser.add_argument('--num-classes', type=int, default=None, help="default: the checkpoint's classifier")
     parser.add_argument('--data-dir', type=Path, default=None, help='ImageFolder root (default: the quickstart digits)')
     parser.add_argument('--split', default='validation', help='split folder (default: validation)')
@@ -300,11 +305,18 @@ def _trained_model_and_data(args: argparse.Namespace, convert_plain: bool = True
     from timm.data import resolve_data_config
     from ..experiments.quickstart import DEFAULT_DATA_DIR, write_digits
     from ..models.checkpoint import load_trained_model
-    model, train_args = load_trained_model(args.model, args.checkpoint, args.num_classes, convert_plain=convert_plain)
+    model, train_args = load_trained_model(args.model, args.checkpoint, args.num_classes, convert_plain=convert_plain,
+                                           use_ema=args.ema)
+    if args.checkpoint is not None:
+        print(f'weights: {_weights_key(args.ema)} of {args.checkpoint}', file=sys.stderr)
     data_dir = args.data_dir or write_digits(DEFAULT_DATA_DIR)
     overrides = {key: value for key, value in (('input_size', args.input_size), ('crop_pct', args.crop_pct),
                                                  ('interpolation', args.interpolation)) if value is not None}
     return model, data_dir, resolve_data_config({**train_args, **overrides}, model=model)
+
+
+def _weights_key(ema: bool) -> str:
+    return 'the EMA weights (state_dict_ema)' if ema else 'the weights (state_dict)'
 
 
 def _quantize(args: argparse.Namespace) -> None:
@@ -327,10 +339,12 @@ def _quantize(args: argparse.Namespace) -> None:
 
 
 def _selection(args: argparse.Namespace) -> None:
+    from ..experiments.quickstart import DEFAULT_DATA_DIR
     from ..experiments.selection import count_selections, summarize, write_selection
-    from ..utils.output import check_output_folder
+    from ..utils.output import check_outside_data, check_output_folder
     from ..utils.tables import format_table
     check_output_folder(args.output)
+    check_outside_data(args.output, args.data_dir or DEFAULT_DATA_DIR)
     model, data_dir, data_config = _trained_model_and_data(args)
     selection = count_selections(
         model, data_dir, args.split, classes=args.classes, max_per_class=args.max_per_class,
@@ -355,6 +369,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     exit_cleanly_on_sigterm()  # a killed command cleans up its staged output as on Ctrl-C
     try:
         args.run(args)
+    except KeyboardInterrupt:
+        then = ('run the same command again to resume: finished runs are kept, an interrupted one continues after '
+                'its last finished epoch' if args.command in ('compare', 'quickstart') else
+                'nothing half-written was left; run the command again')
+        sys.exit(f'timm-mod {args.command}: interrupted; {then}.')
     except (ValueError, FileNotFoundError, FileExistsError, ImportError, PermissionError, ConnectionError,
             NotADirectoryError, IsADirectoryError) as error:
         sys.exit(f'timm-mod {args.command}: error: {error}')

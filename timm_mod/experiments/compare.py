@@ -2,15 +2,17 @@
 (`training.train_and_evaluate`), evaluate on the held-out split, and tabulate accuracy against cost and measured
 CPU speed.
 
-Every run lives in its own folder (`<output>/<model>[@kwargs]/seed<N>/`) and writes `result.json` when it is done.
-Started again, a study skips finished runs and resumes unfinished ones from their last epoch.
+Every run lives in its own folder (`<output>/<model>[@kwargs]/seed<N>/`, kwargs in canonical form) and writes
+`result.json` when it is done. A run is known by its identity: the model with its canonical kwargs, the seed, the
+completed recipe and a fingerprint of the data's image listing. Started again, a study reuses a finished run and
+resumes an unfinished one only when the identity matches, and refuses, naming what differs, when it does not.
 """
 import ast
 import hashlib
 import json
 import statistics
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -20,18 +22,21 @@ from timm.data import resolve_data_config
 
 from ..layers import has_mod_blocks
 from ..models import require_registered
-from ..utils.image_folder import check_class_maps
+from ..utils.image_folder import check_class_maps, split_fingerprint
 from ..utils.in_memory_data import DATA_PATHS
-from ..utils.output import check_writable_folder, exclusive_folder, stop_if_terminated, write_text_whole
+from ..utils.output import (
+    check_outside_data, check_writable_folder, exclusive_folder, stop_if_terminated, write_text_whole)
 from ..utils.tables import format_table, pyplot, save_figure, write_records
 from ..utils.timing import time_side_by_side
 from .benchmark import BenchSetting, make_step
 from .recipe import check_initial_checkpoint, complete_train_args
-from .training import RunResult, num_classes_kwargs, run_label, train_and_evaluate
+from .training import (
+    RunResult, check_initial_weights, check_trainable_split, num_classes_kwargs, read_resumable_checkpoint, run_label,
+    train_and_evaluate)
 
 __all__ = [
     'UNFINISHED', 'ModelSpec', 'ComparisonRow', 'check_specs', 'compare', 'summarize_runs', 'format_comparison',
-    'write_comparison', 'first_seed_curves',
+    'write_comparison', 'first_seed_curves', 'model_fingerprint', 'run_identity', 'read_result',
 ]
 
 
@@ -41,6 +46,8 @@ RESULT_FILE = 'result.json'
 
 STUDY_FILE = 'study.json'
 
+RUN_FILE = 'run.json'  # an unfinished run's identity, written before it trains
+
 
 def _parse_value(text: str) -> Any:
     """ A kwarg value the way train.py's `--model-kwargs` reads it: a Python literal, else the string itself."""
@@ -48,6 +55,36 @@ def _parse_value(text: str) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+def _canonical_value(value: Any) -> Any:
+    """ Lists as tuples, so that `channels=[32,64]` and `channels=(32,64)` name one model."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_canonical_value(item) for item in value)
+    return value
+
+
+def _plain_attribute(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_plain_attribute(item) for item in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def model_fingerprint(model_name: str, kwargs: Dict[str, Any], num_classes: Optional[int]) -> str:
+    """ A hash of what `create_model` builds: every module's class and plain attributes (widths, rates, modes) and
+    its weights as initialized from one seed, so that kwargs that build the same model hash the same."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = timm.create_model(model_name, **num_classes_kwargs(num_classes), **kwargs)
+    digest = hashlib.sha256()
+    for name, module in model.named_modules():
+        attributes = sorted((key, value) for key, value in vars(module).items()
+                            if key != 'training' and _plain_attribute(value))
+        digest.update(repr((name, type(module).__qualname__, attributes)).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f'{name}{tuple(tensor.shape)}{tensor.dtype}'.encode())
+        digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -85,6 +122,17 @@ class ModelSpec:
     def kwargs(self) -> Dict[str, Any]:
         return dict(self.model_kwargs)
 
+    def canonical(self, num_classes: Optional[int]) -> 'ModelSpec':
+        """ The same model named one way: kwargs sorted, lists as tuples, and kwargs that build the same model as
+        leaving them out (a default written out, `resnet18_mod:c=64`) dropped."""
+        kwargs = sorted((key, _canonical_value(value)) for key, value in self.model_kwargs)
+        if kwargs:
+            built = model_fingerprint(self.model_name, dict(kwargs), num_classes)
+            without = {key: {k: v for k, v in kwargs if k != key} for key, _ in kwargs}
+            kwargs = [(key, value) for key, value in kwargs
+                      if model_fingerprint(self.model_name, without[key], num_classes) != built]
+        return replace(self, model_kwargs=tuple(kwargs))
+
     @property
     def label(self) -> str:
         """ How tables and plots name it: `resnet18_mod routing=random`."""
@@ -121,20 +169,26 @@ def _check_seeds(seeds: Sequence[int], where: str) -> None:
         raise ValueError(f'{where}: a seed is given twice ({", ".join(map(str, seeds))}); a seed count counts runs.')
 
 
-def check_specs(specs: Sequence[ModelSpec], num_classes: Optional[int], seeds: Sequence[int] = (0,)) -> None:
-    """ A clear error, before anything trains, for a model named twice or one that cannot be built with its
-    kwargs (each is built on the meta device, which allocates nothing)."""
+def check_specs(specs: Sequence[ModelSpec], num_classes: Optional[int], seeds: Sequence[int] = (0,)
+                ) -> List[ModelSpec]:
+    """ The specs in canonical form (`ModelSpec.canonical`), or a clear error, before anything trains, for a model
+    that cannot be built with its kwargs (each is first built on the meta device, which allocates nothing) or a
+    model named twice, in any spelling."""
     _check_seeds(seeds, '--seeds')
-    seen: Dict[str, str] = {}
     for spec in specs:
-        if spec.folder_name in seen:
-            raise ValueError(f'{spec.label!r} is given twice; name it once, with all its seeds '
-                             f'(e.g. {spec.model_name}@0,1,2).')
-        seen[spec.folder_name] = spec.label
         try:
             timm.create_model(spec.model_name, device='meta', **num_classes_kwargs(num_classes), **spec.kwargs)
         except (TypeError, ValueError, AssertionError, KeyError) as error:
             raise ValueError(f'{spec.label!r} cannot be built with these kwargs: {error}') from None
+    canonical = [spec.canonical(num_classes) for spec in specs]
+    seen: Dict[str, str] = {}
+    for given, spec in zip(specs, canonical):
+        if spec.folder_name in seen:
+            same = '' if seen[spec.folder_name] == given.label else f' (as {seen[spec.folder_name]!r}: the same model)'
+            raise ValueError(f'{given.label!r} is given twice{same}; name it once, with all its seeds '
+                             f'(e.g. {spec.model_name}@0,1,2).')
+        seen[spec.folder_name] = given.label
+    return canonical
 
 
 @dataclass(frozen=True)
@@ -154,29 +208,65 @@ class ComparisonRow:
     speed_setting: str = ''  # what the times were measured on: 'CPU, batch 128 of 3x32x32, 1 thread'
 
 
-def _recipe_record(train_args: Dict[str, Any], data_dir: Path, epochs: Optional[int]) -> Dict[str, Any]:
+def _legacy_recipe_sha(train_args: Dict[str, Any], epochs: Optional[int]) -> str:
+    """ How timm-mod 0.3 hashed a study's recipe (the arg file as given), to adopt the studies it started."""
+    recipe = dict(train_args, epochs=train_args.get('epochs', 300) if epochs is None else epochs)
+    recipe.pop('seed', None)
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _study_record(train_args: Dict[str, Any], data_dir: Path, epochs: Optional[int]) -> Dict[str, Any]:
+    """ What one study is: its completed recipe (train.py's defaults filled in, so that a default written out is
+    the same recipe), its data folder and the fingerprints of both splits."""
     recipe = dict(train_args, epochs=train_args['epochs'] if epochs is None else epochs)
     recipe.pop('seed', None)  # seeds are per run
-    text = json.dumps(recipe, sort_keys=True, default=str)
-    return dict(recipe=recipe, data_dir=str(Path(data_dir).expanduser().resolve()),
-                recipe_sha256=hashlib.sha256(text.encode()).hexdigest())
+    recipe = json.loads(json.dumps(recipe, sort_keys=True, default=str))
+    return dict(recipe=recipe, recipe_sha256=hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest(),
+                data_dir=str(Path(data_dir).expanduser().resolve()),
+                data={split: split_fingerprint(data_dir, train_args[f'{split}_split']) for split in ('train', 'val')})
 
 
-def _check_study(output_dir: Path, record: Dict[str, Any]) -> None:
-    """ One output folder holds one recipe on one data set: results of another are never mixed in silently."""
+def _differences(recorded: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    """ What differs between two study records or run identities, in words."""
+    differs = []
+    for key in ('model', 'model_kwargs', 'seed'):
+        if key in current and recorded.get(key) != current[key]:
+            differs.append(f'{key} ({recorded.get(key)!r} there, {current[key]!r} now)')
+    old_recipe, new_recipe = recorded.get('recipe', {}), current['recipe']
+    changed = sorted(key for key in set(old_recipe) | set(new_recipe) if old_recipe.get(key) != new_recipe.get(key))
+    if changed:
+        differs.append('recipe: ' + ', '.join(f'{key} ({old_recipe.get(key)!r} there, {new_recipe.get(key)!r} now)'
+                                              for key in changed))
+    for split, fingerprint in current['data'].items():
+        old = recorded.get('data', {}).get(split)
+        if old != fingerprint:
+            then = 'unrecorded' if old is None else f"{old['images']} images"
+            differs.append(f'{split} data ({then} there, {fingerprint["images"]} images now'
+                           f'{", other files" if old and old["images"] == fingerprint["images"] else ""})')
+    if 'data_dir' in current and recorded.get('data_dir') != current['data_dir']:
+        differs.append(f"data dir ({recorded.get('data_dir')})")
+    return differs
+
+
+def _check_study(output_dir: Path, record: Dict[str, Any], legacy_sha: str) -> bool:
+    """ One output folder holds one recipe on one data set: results of another are never mixed in silently.
+    True when the folder holds a study that timm-mod 0.3 started (no data fingerprint): same recipe and data
+    folder, so it is adopted, its record and its runs' identities written now."""
     path = output_dir / STUDY_FILE
-    if not path.exists():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_text_whole(path, json.dumps(record, indent=2))
-        return
-    existing = json.loads(path.read_text())
-    if existing.get('recipe_sha256') != record['recipe_sha256'] or existing.get('data_dir') != record['data_dir']:
-        changed = sorted(key for key in set(existing.get('recipe', {})) | set(record['recipe'])
-                         if existing.get('recipe', {}).get(key) != record['recipe'].get(key))
-        if existing.get('data_dir') != record['data_dir']:
-            changed.append(f"data dir ({existing.get('data_dir')})")
-        raise ValueError(f'{output_dir} holds a study with another recipe or data set (differs in: '
-                         f'{", ".join(changed)}); choose a new --output-dir, or remove that folder to start over.')
+    if path.exists():
+        existing = json.loads(path.read_text())
+        legacy = 'data' not in existing
+        if legacy and existing.get('recipe_sha256') == legacy_sha and existing.get('data_dir') == record['data_dir']:
+            write_text_whole(path, json.dumps(record, indent=2))
+            return True
+        differs = ['the recipe or data folder (started by timm-mod 0.3)'] if legacy else _differences(existing, record)
+        if differs:
+            raise ValueError(f'{output_dir} holds a study with another recipe or data set (differs in: '
+                             f'{"; ".join(differs)}); choose a new --output-dir, or remove that folder to start over.')
+        return False
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_whole(path, json.dumps(record, indent=2))
+    return False
 
 
 def compare(
@@ -218,15 +308,21 @@ def compare(
         raise ValueError(f'--threads and --rounds must be at least 1, got {threads} and {rounds}.')
     if data_path not in DATA_PATHS:
         raise ValueError(f'--data-path must be one of {DATA_PATHS}, got {data_path!r}.')
-    recipe = _recipe_record(train_args, data_dir, epochs)
+    check_outside_data(output_dir, data_dir, '--output-dir')
+    legacy_sha = _legacy_recipe_sha(train_args, epochs)
     train_args = complete_train_args(train_args)
     check_initial_checkpoint(train_args)
-    check_specs(specs, train_args['num_classes'], seeds)
+    specs = check_specs(specs, train_args['num_classes'], seeds)
     check_class_maps(data_dir, train_args['train_split'], train_args['val_split'], train_args['num_classes'])
+    check_trainable_split(data_dir, train_args['train_split'], train_args['batch_size'])
+    for spec in specs:
+        check_initial_weights(spec.model_name, spec.kwargs, train_args)
+    record = _study_record(train_args, data_dir, epochs)
     output_dir = check_writable_folder(output_dir)
     with exclusive_folder(output_dir, 'compare'):
-        _check_study(output_dir, recipe)
-        results = _train_all(specs, train_args, data_dir, output_dir, seeds, epochs, unfinished, progress, data_path)
+        legacy = _check_study(output_dir, record, legacy_sha)
+        runs = _check_runs(specs, seeds, output_dir, record, legacy, resume=unfinished == 'resume')
+        results = _train_all(runs, train_args, data_dir, epochs, unfinished, progress, data_path)
     rows = summarize_runs(specs, results)
     if measure_speed and rows:
         rows = _with_speed(specs, rows, train_args, bench_batch_size or train_args['batch_size'], threads, rounds,
@@ -234,32 +330,98 @@ def compare(
     return rows, results
 
 
-def _train_all(specs: Sequence[ModelSpec], train_args: Dict[str, Any], data_dir: Path, output_dir: Path,
-               seeds: Sequence[int], epochs: Optional[int], unfinished: str, progress: bool, data_path: str
-               ) -> List[RunResult]:
-    """ The results of every (spec, seed): read back where finished, trained (or resumed) where not."""
+@dataclass(frozen=True)
+class _Run:
+    spec: ModelSpec
+    seed: int
+    run_dir: Path
+    identity: Dict[str, Any]
+
+
+def run_identity(spec: ModelSpec, seed: int, study: Dict[str, Any]) -> Dict[str, Any]:
+    """ What makes two runs the same run: model, canonical kwargs, seed, completed recipe, data fingerprints."""
+    return dict(model=spec.model_name, model_kwargs=_as_json(spec.kwargs), seed=seed, recipe=study['recipe'],
+                data=study['data'])
+
+
+def _recorded_identity(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """ The identity a run folder records: in result.json when finished, else in run.json; None if neither."""
+    for name in (RESULT_FILE, RUN_FILE):
+        if (run_dir / name).exists():
+            return json.loads((run_dir / name).read_text()).get('identity')
+    return None
+
+
+def _check_runs(specs: Sequence[ModelSpec], seeds: Sequence[int], output_dir: Path, study: Dict[str, Any],
+                legacy: bool, resume: bool) -> List['_Run']:
+    """ Every (spec, seed) in training order, checked before anything trains: a folder that already holds a run
+    (finished, or a checkpoint to resume) must hold this very run, else a clear error names what differs; a
+    checkpoint to `resume` from must be readable."""
     # seed-major: every model's first seed before any model's second, so a study cut short still compares all
-    runs = sorted(((spec, seed, rank, index) for index, spec in enumerate(specs)
-                   for rank, seed in enumerate(spec.seeds if spec.seeds is not None else seeds)),
-                  key=lambda run: (run[2], run[3]))
+    order = sorted(((spec, seed, rank, index) for index, spec in enumerate(specs)
+                    for rank, seed in enumerate(spec.seeds if spec.seeds is not None else seeds)),
+                   key=lambda run: (run[2], run[3]))
+    runs = []
+    for spec, seed, _, _ in order:
+        run = _Run(spec, seed, output_dir / spec.folder_name / f'seed{seed}', run_identity(spec, seed, study))
+        holds_run = (run.run_dir / RESULT_FILE).exists() or (run.run_dir / 'last.pth.tar').exists()
+        recorded = _recorded_identity(run.run_dir)
+        if holds_run and recorded is None and legacy:  # a run of the adopted 0.3 study: its identity is this one
+            _record_identity(run)
+        elif holds_run and recorded is None:
+            raise ValueError(f'{run.run_dir} holds a run with no record of what it trained (no identity in its '
+                             f'{RESULT_FILE} or {RUN_FILE}): it may be of another study; remove that folder to train '
+                             f'{spec.label} seed {seed} here, or give another --output-dir.')
+        elif holds_run and recorded != run.identity:
+            raise ValueError(f'{run.run_dir} holds another run than {spec.label} seed {seed} of this study (differs '
+                             f'in: {"; ".join(_differences(recorded, run.identity))}); remove that folder to train it '
+                             f'again, or give another --output-dir.')
+        if resume and holds_run and not (run.run_dir / RESULT_FILE).exists():
+            read_resumable_checkpoint(run.run_dir / 'last.pth.tar')
+        runs.append(run)
+    return runs
+
+
+def _record_identity(run: '_Run') -> None:
+    """ Write the run's identity where a later study reads it: into result.json when finished, else run.json."""
+    result = run.run_dir / RESULT_FILE
+    if result.exists():
+        write_text_whole(result, json.dumps(dict(json.loads(result.read_text()), identity=run.identity), indent=2))
+    else:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_whole(run.run_dir / RUN_FILE, json.dumps(dict(identity=run.identity), indent=2))
+
+
+def read_result(path: Path) -> RunResult:
+    """ A run's result.json (its identity record left out)."""
+    record = json.loads(Path(path).read_text())
+    record.pop('identity', None)
+    return RunResult.from_json(record)
+
+
+def _train_all(runs: Sequence['_Run'], train_args: Dict[str, Any], data_dir: Path, epochs: Optional[int],
+               unfinished: str, progress: bool, data_path: str) -> List[RunResult]:
+    """ The results of every run: read back where finished, trained (or resumed) where not."""
     results: List[RunResult] = []
-    for index, (spec, seed, _, _) in enumerate(runs, 1):
-        run_dir = output_dir / spec.folder_name / f'seed{seed}'
-        prefix = f'[{index}/{len(runs)}] {spec.label} seed {seed}: '
-        if (run_dir / RESULT_FILE).exists():
-            results.append(RunResult.from_json(json.loads((run_dir / RESULT_FILE).read_text())))
+    for index, run in enumerate(runs, 1):
+        prefix = f'[{index}/{len(runs)}] {run.spec.label} seed {run.seed}: '
+        if (run.run_dir / RESULT_FILE).exists():
+            results.append(read_result(run.run_dir / RESULT_FILE))
             if progress:
                 print(f'{prefix}finished before, top-1 {results[-1].top1:.2f}', file=sys.stderr, flush=True)
             continue
-        if unfinished == 'skip' and (run_dir / 'last.pth.tar').exists():
+        if unfinished == 'skip' and (run.run_dir / 'last.pth.tar').exists():
             if progress:
                 print(f'{prefix}unfinished, skipped (--unfinished skip)', file=sys.stderr, flush=True)
             continue
-        result = train_and_evaluate(spec.model_name, train_args, data_dir, run_dir, epochs=epochs,
-                                    model_kwargs=spec.kwargs, seed=seed, progress=progress, progress_prefix=prefix,
-                                    data_path=data_path)
+        _record_identity(run)
+        result = train_and_evaluate(run.spec.model_name, train_args, data_dir, run.run_dir, epochs=epochs,
+                                    model_kwargs=run.spec.kwargs, seed=run.seed, progress=progress,
+                                    progress_prefix=prefix, data_path=data_path)
         stop_if_terminated()  # a SIGTERM during the last evaluation leaves the run unfinished, not recorded
-        write_text_whole(run_dir / RESULT_FILE, json.dumps(result.to_json(), indent=2))
+        write_text_whole(run.run_dir / RESULT_FILE, json.dumps(dict(result.to_json(), identity=run.identity),
+                                                               indent=2))
+        (run.run_dir / RUN_FILE).unlink(missing_ok=True)
         results.append(result)
     return results
 

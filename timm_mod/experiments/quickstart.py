@@ -6,9 +6,9 @@ train_args/quickstart.yaml, which stock train.py and validate.py read unchanged.
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from ..models import baseline_of, require_registered
+from ..models import baseline_of, is_mod_model_name, require_registered
 from ..utils.image_folder import stratified_split
-from ..utils.output import staged_output
+from ..utils.output import check_outside_data, staged_output
 from ..utils.package_data import package_file
 from .compare import ComparisonRow, ModelSpec, compare, format_comparison
 from .recipe import load_train_args
@@ -86,7 +86,12 @@ def run_quickstart(
         raise ValueError(f'--epochs must be at least 1, got {epochs}; leave it out for the arg file\'s epochs.')
     train_args = load_train_args(train_args_file or quickstart_args_file())
     model_name = require_registered(model_name or train_args['model'])
+    if not is_mod_model_name(model_name):
+        raise ValueError(f'--model takes a MoD model, trained beside its plain timm counterpart; {model_name!r} is '
+                         f'plain: give --model {model_name}_mod (`timm-mod list` lists them), or --baseline '
+                         f'{model_name} with a MoD --model.')
     baseline_name = require_registered(baseline_name or baseline_of(model_name))
+    check_outside_data(output_dir, data_dir)
     data_dir = write_digits(data_dir)
     return compare([ModelSpec(model_name), ModelSpec(baseline_name)], train_args, data_dir, output_dir,
                    seeds=(train_args.get('seed', 0),), epochs=epochs, progress=progress)

@@ -1,11 +1,16 @@
 """ train.py arg files as a study reads them: train.py's defaults for what a file leaves out, train.py's derived
 learning rate, and one-line errors for files that cannot train."""
+import difflib
+import logging
 from pathlib import Path
 from typing import Any, Dict
 
 import yaml
 
-__all__ = ['TRAIN_PY_DEFAULTS', 'load_train_args', 'complete_train_args', 'check_initial_checkpoint']
+__all__ = [
+    'TRAIN_PY_DEFAULTS', 'TRAIN_PY_OPTIONS', 'load_train_args', 'complete_train_args', 'check_initial_checkpoint']
+
+_logger = logging.getLogger(__name__)
 
 
 # train.py's defaults (timm 1.0) for the options a study reads: what an arg file leaves out trains as train.py
@@ -21,6 +26,32 @@ TRAIN_PY_DEFAULTS: Dict[str, Any] = dict(
     lr_k_decay=1.0, sched_on_updates=False, warmup_prefix=False, val_interval=1, channels_last=False, amp=False,
     amp_dtype='float16', initial_checkpoint='')
 
+# Every option name timm's train.py reads from `-c FILE` (its argparse dests): train.py silently ignores any other key
+# of an arg file, so a study warns about them (`weight-decay` for `weight_decay`).
+TRAIN_PY_OPTIONS = frozenset("""
+    aa amp amp_dtype aug_repeats aug_splits batch_size bce_loss bce_pos_weight bce_sum bce_target_thresh bn_eps
+    bn_momentum channels_last checkpoint_hist class_map clip_grad clip_mode color_jitter color_jitter_prob
+    cooldown_epochs crop_pct cutmix cutmix_minmax data data_dir dataset dataset_download dataset_trust_remote_code
+    decay_epochs decay_milestones decay_rate device device_modules dist_bn distill_loss_weight drop drop_block
+    drop_connect drop_path epoch_repeats epochs eval_metric experiment fast_norm fuser gaussian_blur_prob gp
+    grad_accum_steps grad_checkpointing grayscale_prob head_init_bias head_init_scale hflip img_size in_chans
+    initial_checkpoint input_img_mode input_key input_size interpolation jsd_loss kd_distill_type kd_loss_type
+    kd_model_name kd_student_feature_dim kd_teacher_feature_dim kd_temperature kd_token_distill_type layer_decay
+    layer_decay_min_scale layer_decay_no_opt_scale log_interval log_wandb lr lr_base lr_base_scale lr_base_size
+    lr_cycle_decay lr_cycle_limit lr_cycle_mul lr_k_decay lr_noise lr_noise_pct lr_noise_std mean min_lr mixup
+    mixup_mode mixup_off_epoch mixup_prob mixup_switch_prob model model_dtype model_ema model_ema_decay
+    model_ema_force_cpu model_ema_warmup model_kwargs momentum naflex_loader naflex_loss_scale naflex_max_seq_len
+    naflex_patch_size_probs naflex_patch_sizes naflex_patchify_channels_first naflex_train_seq_lens no_aug no_ddp_bb
+    no_prefetcher no_resume_opt num_classes opt opt_betas opt_eps opt_kwargs output patience_epochs pin_mem
+    pretrained pretrained_path ratio recount recovery_interval remode reprob resplit resume save_images scale sched
+    sched_on_updates seed smoothing split_bn start_epoch std sync_bn synchronize_step target_key task_loss_weight
+    torchcompile torchcompile_mode torchscript train_batch_sizes train_batches_per_epoch train_crop_mode
+    train_img_sizes train_interpolation train_num_samples train_size_probs train_size_random_mix train_size_schedule
+    train_size_schedule_spread train_split tta use_multi_epochs_loader val_interval val_num_samples val_split
+    validation_batch_size variable_batch_loss_scale vflip wandb_project wandb_resume_id wandb_tags warmup_epochs
+    warmup_lr warmup_prefix weight_decay worker_seeding workers
+""".split())
+
 # train.py options that change training and that a study does not implement, with train.py's defaults: an arg file
 # that sets one otherwise is refused rather than trained without it.
 _NOT_IMPLEMENTED = dict(
@@ -28,7 +59,7 @@ _NOT_IMPLEMENTED = dict(
     drop_block=None, model_ema=False, clip_grad=None, grad_accum_steps=1, bce_loss=False, jsd_loss=False,
     aug_repeats=0, aug_splits=0, train_crop_mode=None, gp=None, bn_momentum=None, bn_eps=None,
     pretrained=False, resume='', start_epoch=None, epoch_repeats=0.0, class_map='',
-    train_num_samples=None)
+    train_num_samples=None, kd_model_name=None)
 
 
 def load_train_args(path: Path) -> Dict[str, Any]:
@@ -49,6 +80,12 @@ def load_train_args(path: Path) -> Dict[str, Any]:
     if not isinstance(args, dict):
         raise ValueError(f'{path} is not a train.py arg file: expected a mapping of train.py option names.')
     complete_train_args(args, source=str(path))
+    for key in sorted(set(map(str, args)) - TRAIN_PY_OPTIONS):
+        close = difflib.get_close_matches(key.replace('-', '_'), TRAIN_PY_OPTIONS, n=1)
+        _logger.warning(f'warning: {path}: {key!r} is not a train.py option; train.py ignores it, and so does this '
+                        f'study{f" (did you mean {close[0]!r}?)" if close else ""}.')
+    if 'epochs' not in args:
+        _logger.warning(f'note: {path} sets no epochs; train.py\'s default of {TRAIN_PY_DEFAULTS["epochs"]} applies.')
     return args
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import timm
@@ -26,19 +26,21 @@ import torch.nn as nn
 import yaml
 from timm.data import create_dataset, create_loader, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy
-from timm.models import load_checkpoint, resume_checkpoint
+from timm.models import load_checkpoint, load_state_dict, resume_checkpoint
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import AverageMeter, CheckpointSaver, accuracy, random_seed
 
-from ..models import measure, require_registered
-from ..utils.image_folder import check_class_maps
+from ..models import is_mod_model_name, measure, require_registered
+from ..utils.image_folder import check_class_maps, split_fingerprint
 from ..utils.in_memory_data import (
     DATA_PATHS, InMemorySplit, eval_batches, eval_split, in_memory_unsupported, train_batches)
 from ..utils.output import stop_if_terminated
 from .recipe import check_initial_checkpoint, complete_train_args
 
-__all__ = ['RunResult', 'run_label', 'train_and_evaluate', 'num_classes_kwargs']
+__all__ = [
+    'RunResult', 'run_label', 'train_and_evaluate', 'num_classes_kwargs', 'check_trainable_split',
+    'check_initial_weights', 'read_resumable_checkpoint']
 
 
 def run_label(model_name: str, model_kwargs: Dict[str, Any]) -> str:
@@ -88,24 +90,28 @@ def _autocast(cfg: argparse.Namespace) -> Callable[[], ContextManager]:
     return lambda: torch.autocast('cpu', dtype=dtype)
 
 
-def _data_path(data_path: str, cfg: argparse.Namespace, data_dir: Path, class_map: Dict[str, int],
-               data_config: Dict[str, Any], progress: bool, progress_prefix: str
-               ) -> Tuple[Callable[[int], Iterable], Callable[[], Iterable]]:
-    """ (one epoch's training batches for a seed, the held-out batches): decoded once and augmented as tensors
-    where the data fit in memory (`in_memory_data`), else timm's loaders; `data_path` forces either."""
+def _resolve_data_path(data_path: str, cfg: argparse.Namespace, data_dir: Path, input_size: Sequence[int]
+                       ) -> Tuple[str, Optional[str]]:
+    """ ('memory' or 'loader', why not memory): the in-memory path where the data fit in memory and the recipe
+    allows it, unless `data_path` forces either."""
     if data_path not in DATA_PATHS:
         raise ValueError(f'--data-path must be one of {DATA_PATHS}, got {data_path!r}.')
-    reason = in_memory_unsupported(cfg, data_dir, data_config['input_size']) if data_path != 'loader' else 'asked'
+    reason = in_memory_unsupported(cfg, data_dir, input_size) if data_path != 'loader' else 'asked'
     if data_path == 'memory' and reason:
         raise ValueError(f'--data-path memory cannot train this run: {reason}; use --data-path loader.')
-    if reason is None:
+    return ('memory' if reason is None else 'loader'), reason
+
+
+def _data_path(resolved: str, cfg: argparse.Namespace, data_dir: Path, class_map: Dict[str, int],
+               data_config: Dict[str, Any]) -> Tuple[Callable[[int], Iterable], Callable[[], Iterable]]:
+    """ (one epoch's training batches for a seed, the held-out batches): decoded once and augmented as tensors
+    on the 'memory' path (`in_memory_data`), else timm's loaders."""
+    if resolved == 'memory':
         train_split = InMemorySplit.load(data_dir, cfg.train_split, class_map)
         held_out = eval_split(data_dir, cfg.val_split, class_map, data_config)
         return (lambda seed: train_batches(train_split, cfg, data_config, torch.Generator().manual_seed(seed),
                                            cfg.channels_last),
                 lambda: eval_batches(held_out, cfg.batch_size, cfg.channels_last))
-    if progress and data_path == 'auto':
-        print(f'{progress_prefix}timm\'s loader: {reason}', file=sys.stderr, flush=True)
     loader_kwargs = dict(
         input_size=data_config['input_size'], mean=data_config['mean'], std=data_config['std'],
         num_workers=cfg.workers, use_prefetcher=False, device=torch.device('cpu'), persistent_workers=False)
@@ -145,6 +151,69 @@ def _save_checkpoint(saver: CheckpointSaver, epoch: int, metric: float) -> None:
                               f'then run again to resume.') from None
 
 
+def check_trainable_split(data_dir: Path, split: str, batch_size: int) -> None:
+    """ A clear error before training when the split holds less than one batch: training drops the last partial
+    batch (as train.py's loader does), so such a run would take no step and score an untrained model."""
+    images = split_fingerprint(data_dir, split)['images']
+    if images < batch_size:
+        raise ValueError(f'{Path(data_dir) / split} has {images} training images, fewer than one batch of '
+                         f'{batch_size}: training would take no step. Lower batch_size in the arg file to at most '
+                         f'{images}, or add images.')
+
+
+def check_initial_weights(model_name: str, model_kwargs: Dict[str, Any], train_args: Dict[str, Any]) -> None:
+    """ A clear error before any training when the arg file's `initial_checkpoint` does not fit the model: another
+    architecture (keys missing or extra) or another class count (the classifier's shape)."""
+    path = train_args.get('initial_checkpoint')
+    if not path:
+        return
+    weights = load_state_dict(path)
+    expected = timm.create_model(model_name, device='meta', **num_classes_kwargs(train_args.get('num_classes')),
+                                 **model_kwargs).state_dict()
+    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or extra:
+        convert = (f' (`timm-mod convert --model {model_name}` makes one from its plain counterpart)'
+                   if is_mod_model_name(model_name) else '')
+        raise ValueError(f'initial_checkpoint {path} is not a {model_name} checkpoint: {len(missing)} weights missing '
+                         f'({", ".join(missing[:3])}{" ..." if len(missing) > 3 else ""}), {len(extra)} unknown '
+                         f'({", ".join(extra[:3])}{" ..." if len(extra) > 3 else ""}); give one written for this model'
+                         f'{convert}.')
+    wrong = [(key, tuple(weights[key].shape), tuple(value.shape)) for key, value in expected.items()
+             if tuple(weights[key].shape) != tuple(value.shape)]
+    if wrong:
+        key, found, wanted = wrong[0]
+        classifier = key.startswith(timm.create_model(model_name, device='meta', **model_kwargs).default_cfg.get(
+            'classifier', 'fc'))
+        raise ValueError(f'initial_checkpoint {path} does not fit {model_name} with num_classes '
+                         f'{train_args.get("num_classes")}: {key} is {found}, the model has {wanted}'
+                         f'{f" (a classifier of {found[0]} classes)" if classifier else ""}; set num_classes to the '
+                         f'checkpoint\'s, or give a checkpoint of this model and class count.')
+
+
+def read_resumable_checkpoint(last: Path) -> Dict[str, Any]:
+    """ An interrupted run's last.pth.tar, or a clear error naming it when it cannot be read (empty, truncated)."""
+    try:
+        checkpoint = torch.load(last, map_location='cpu', weights_only=False)
+        if not isinstance(checkpoint, dict) or 'state_dict' not in checkpoint or 'epoch' not in checkpoint:
+            raise ValueError('not a train.py checkpoint')
+    except Exception as error:  # torch.load reports a cut-short file as EOFError, RuntimeError or UnpicklingError
+        raise ValueError(f'{last} cannot be resumed from ({type(error).__name__}: {error}); remove the folder '
+                         f'{last.parent} and run the same command again to train that run from the start.') from None
+    return checkpoint
+
+
+def _check_same_data(recorded: Optional[argparse.Namespace], cfg: argparse.Namespace, last: Path) -> None:
+    """ A run resumes on the data folder and data path it started on: another would change what it trains on,
+    or its random stream, halfway."""
+    for key, option in (('data_dir', '--data-dir'), ('data_path', '--data-path')):
+        started, now = getattr(recorded, key, None), getattr(cfg, key)
+        if key == 'data_dir' and started is not None:
+            started, now = str(Path(started).resolve()), str(Path(now).resolve())
+        if started is not None and started != now:
+            raise ValueError(f'{last} started with {option} {started}, not {now}: resume it with the '
+                             f'same {option}, or remove {last.parent} to train that run from the start.')
+
+
 def num_classes_kwargs(num_classes: Optional[int]) -> Dict[str, int]:
     """ create_model's num_classes, left to the model's default where train.py leaves it (None)."""
     return {} if num_classes is None else dict(num_classes=num_classes)
@@ -179,11 +248,17 @@ def train_and_evaluate(
     """
     model_kwargs = dict(model_kwargs or {})
     train_args = complete_train_args(train_args)
+    data_dir = Path(data_dir).expanduser().absolute()  # recorded in args.yaml: publish finds the labels from anywhere
     cfg = argparse.Namespace(**dict(
         train_args, model=model_name, epochs=train_args['epochs'] if epochs is None else epochs,
         seed=train_args['seed'] if seed is None else seed, model_kwargs=model_kwargs, data_dir=str(data_dir)))
     class_map = check_class_maps(data_dir, cfg.train_split, cfg.val_split, cfg.num_classes)
+    check_trainable_split(data_dir, cfg.train_split, cfg.batch_size)
     check_initial_checkpoint(train_args)
+    check_initial_weights(model_name, model_kwargs, train_args)
+    output_dir = Path(output_dir)
+    last = output_dir / 'last.pth.tar'
+    resumed = read_resumable_checkpoint(last) if last.exists() else None
     random_seed(cfg.seed)
     model = timm.create_model(
         require_registered(model_name), drop_rate=cfg.drop, **num_classes_kwargs(cfg.num_classes), **model_kwargs)
@@ -191,8 +266,12 @@ def train_and_evaluate(
         load_checkpoint(model, cfg.initial_checkpoint)
     cfg.num_classes = model.num_classes
     data_config = resolve_data_config(vars(cfg), model=model)
-
-    train_epoch, evaluate = _data_path(data_path, cfg, data_dir, class_map, data_config, progress, progress_prefix)
+    cfg.data_path, reason = _resolve_data_path(data_path, cfg, data_dir, data_config['input_size'])
+    if resumed is not None:
+        _check_same_data(resumed.get('args'), cfg, last)
+    if progress and cfg.data_path == 'loader' and data_path == 'auto':
+        print(f'{progress_prefix}timm\'s loader: {reason}', file=sys.stderr, flush=True)
+    train_epoch, evaluate = _data_path(cfg.data_path, cfg, data_dir, class_map, data_config)
 
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -200,7 +279,6 @@ def train_and_evaluate(
     scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(cfg))
     loss_fn = LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing else nn.CrossEntropyLoss()
     autocast = _autocast(cfg)
-    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / 'args.yaml', 'w') as f:
         yaml.safe_dump(vars(cfg), f)
@@ -208,14 +286,16 @@ def train_and_evaluate(
         model, optimizer, args=cfg, checkpoint_dir=str(output_dir), recovery_dir=str(output_dir),
         decreasing=False, max_history=1)
     start_epoch, cfg.curve = 0, []
-    last = output_dir / 'last.pth.tar'
-    if last.exists():
+    if resumed is not None:
         start_epoch = resume_checkpoint(model, str(last), optimizer=optimizer, log_info=False)
-        cfg.curve = getattr(torch.load(last, map_location='cpu', weights_only=False).get('args'), 'curve', [])
+        cfg.curve = getattr(resumed.get('args'), 'curve', [])
         saver.load_state_dict_from_checkpoint(str(last))
         scheduler.step(start_epoch)
         if progress:
             print(f'{progress_prefix}resumed after epoch {start_epoch}/{num_epochs}', file=sys.stderr, flush=True)
+    elif progress and num_epochs != cfg.epochs:  # train.py adds the scheduler's cooldown epochs to `epochs`
+        print(f'{progress_prefix}training {num_epochs} epochs: {cfg.epochs} and the arg file\'s {cfg.cooldown_epochs} '
+              f'cooldown epochs', file=sys.stderr, flush=True)
 
     for epoch in range(start_epoch, num_epochs):
         epoch_seed = _epoch_seed(cfg.seed, epoch)

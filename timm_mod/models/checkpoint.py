@@ -54,7 +54,7 @@ def load_checkpoint_file(path: Path, use_ema: bool = False) -> Checkpoint:
     key = 'state_dict_ema' if use_ema else 'state_dict'
     if use_ema and key not in checkpoint:
         raise ValueError(
-            f'{path} has no EMA weights (state_dict_ema); train with --model-ema, or publish without --ema.')
+            f'{path} has no EMA weights (state_dict_ema); train with --model-ema, or leave out --ema.')
     state_dict = checkpoint.get(key, checkpoint)
     args = checkpoint.get('args')
     return Checkpoint(
@@ -150,6 +150,7 @@ def convert_plain_weights(
         checkpoint_path: Optional[Path] = None,
         pretrained: bool = False,
         overwrite: bool = False,
+        use_ema: bool = False,
 ) -> Path:
     """ An `--initial-checkpoint` for train.py: the plain counterpart's trained weights in the MoD model.
 
@@ -160,6 +161,9 @@ def convert_plain_weights(
     output = Path(output)
     if output.is_dir():
         raise ValueError(f'--output {output} is a folder; name the file to write, e.g. {output / mod_name}.pth.')
+    if checkpoint_path is not None and output.resolve() == Path(checkpoint_path).resolve():
+        raise ValueError(f'--output {output} is the --checkpoint it converts; name a new file, e.g. '
+                         f'{output.with_name(f"{mod_name}_converted{output.suffix}")}.')
     if output.exists() and not overwrite:
         raise FileExistsError(f'{output} exists; choose another --output or pass --overwrite.')
     if (checkpoint_path is None) == (not pretrained):
@@ -168,7 +172,7 @@ def convert_plain_weights(
     if pretrained:
         plain = timm.create_model(plain_name, pretrained=True)
     else:
-        checkpoint = load_checkpoint_file(checkpoint_path)
+        checkpoint = load_checkpoint_file(checkpoint_path, use_ema=use_ema)
         plain = timm.create_model(plain_name, num_classes=infer_num_classes(plain_name, checkpoint.state_dict))
         try:
             plain.load_state_dict(checkpoint.state_dict)
@@ -185,7 +189,7 @@ def convert_plain_weights(
 
 
 def load_trained_model(model_name: str, checkpoint: Optional[Path] = None, num_classes: Optional[int] = None,
-               convert_plain: bool = True):
+                       convert_plain: bool = True, use_ema: bool = False):
     """ A model to analyse (registered name, a plain timm name converted by `to_mod` unless `convert_plain` is
     False, `hf-hub:` or `local-dir:`), and train.py's args for its data."""
     if model_name.split(':')[0] in ('hf-hub', 'local-dir'):
@@ -194,5 +198,5 @@ def load_trained_model(model_name: str, checkpoint: Optional[Path] = None, num_c
         build = create_mod_model if convert_plain else timm.create_model
         return build(model_name, num_classes=num_classes or 1000).eval(), {}
     model, weights, _ = model_from_checkpoint(model_name, checkpoint, num_classes=num_classes,
-                                              convert_plain=convert_plain)
+                                              convert_plain=convert_plain, use_ema=use_ema)
     return model.eval(), weights.train_args

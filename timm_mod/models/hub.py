@@ -210,12 +210,19 @@ def publish(
             f'{model_name!r} from a Hub config; publish a registered *_mod model (`timm-mod list`).')
     model, checkpoint, model_kwargs = model_from_checkpoint(
         model_name, checkpoint_path, num_classes=num_classes, model_kwargs=model_kwargs, use_ema=use_ema)
+    recorded_data = checkpoint.train_args.get('data_dir') or checkpoint.train_args.get('data')
+    if out_dir is not None and recorded_data:  # the data folder training read is never replaced either
+        check_replaceable_folder(out_dir, overwrite, keep=(recorded_data,), option='--out-dir')
 
     if results_file is not None:
         results = dict(read_results(results_file), source=f'validate.py results file `{Path(results_file).name}`')
     else:
         results = _training_results(checkpoint)
     label_names = _label_names(checkpoint.train_args, data_dir)
+    if label_names is not None and len(label_names) != model.num_classes:
+        raise ValueError(f'{data_dir or recorded_data} has {len(label_names)} classes, but the checkpoint\'s '
+                         f'classifier has {model.num_classes}: the label names would be wrong; give the --data-dir '
+                         f'the model was trained on.')
     # the preprocessing the weights were trained and evaluated with, as train.py resolves it
     data_config = resolve_data_config(checkpoint.train_args, model=model) if checkpoint.train_args else None
     dataset = dataset or ('imagenet-1k' if model.num_classes == 1000 else None)

@@ -1,10 +1,12 @@
-""" ImageFolder splits as timm's reader sees them: checked, their class maps, and stratified splits."""
+""" ImageFolder splits as timm's reader sees them: checked, their class maps, fingerprints and stratified splits."""
+import hashlib
+import os
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['check_image_folder', 'split_classes', 'check_class_maps', 'stratified_split']
+__all__ = ['check_image_folder', 'split_classes', 'check_class_maps', 'split_fingerprint', 'stratified_split']
 
 
 def check_image_folder(root: Path, split: str) -> Path:
@@ -42,6 +44,19 @@ def check_class_maps(root: Path, train_split: str, val_split: str, num_classes: 
         raise ValueError(f'num_classes is {num_classes}, but {Path(root) / train_split} has {len(train_classes)} '
                          f'classes; set num_classes to at least {len(train_classes)}.')
     return train_classes
+
+
+def split_fingerprint(root: Path, split: str) -> Dict[str, Any]:
+    """ The split's image count and a hash of its sorted image paths (relative to the split): a cheap record of
+    which images a run trained or was scored on, which changes when images are added, removed or renamed."""
+    from timm.data.readers.img_extensions import get_img_extensions
+    folder = check_image_folder(root, split)
+    extensions = get_img_extensions(as_set=True)
+    paths = sorted(
+        os.path.relpath(os.path.join(parent, name), folder)
+        for parent, _, names in os.walk(folder, followlinks=True)
+        for name in names if os.path.splitext(name)[1].lower() in extensions)
+    return dict(images=len(paths), sha256=hashlib.sha256('\n'.join(paths).encode()).hexdigest())
 
 
 def stratified_split(targets: Sequence[int], validation_fraction: float, rng: np.random.Generator

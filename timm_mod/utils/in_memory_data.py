@@ -47,14 +47,26 @@ class InMemorySplit:
         targets = torch.tensor([target for _, target in dataset.reader.samples], dtype=torch.int64)
         images = []
         for path, _ in dataset.reader.samples:
-            with Image.open(path) as image:
-                image = image.convert('RGB')
-                images.append(eval_transform(image) if eval_transform is not None
-                              else torch.from_numpy(np.array(image)).permute(2, 0, 1))
+            image = _decode_rgb(path)
+            images.append(eval_transform(image) if eval_transform is not None
+                          else torch.from_numpy(np.array(image)).permute(2, 0, 1))
+            if images[-1].shape != images[0].shape:
+                raise ValueError(f'{path} is {image.width}x{image.height} px, the images before it '
+                                 f'{images[0].shape[2]}x{images[0].shape[1]}: the in-memory path needs one size; '
+                                 f'resize that image, or train with --data-path loader.')
         return cls(torch.stack(images).contiguous(), targets, transformed=eval_transform is not None)
 
     def __len__(self) -> int:
         return len(self.targets)
+
+
+def _decode_rgb(path: str) -> Image.Image:
+    """ The image as RGB (as timm's reader converts it), or a clear error naming a file PIL cannot decode."""
+    try:
+        with Image.open(path) as image:
+            return image.convert('RGB')
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for unreadable and cut-short files
+        raise ValueError(f'Cannot decode the image {path} ({error}); remove or replace that file.') from None
 
 
 def _image_sizes(root: Path, split: str) -> Tuple[int, set]:
@@ -62,8 +74,7 @@ def _image_sizes(root: Path, split: str) -> Tuple[int, set]:
     samples = find_images_and_targets(str(Path(root) / split))[0]
     sizes = set()
     for path, _ in samples[:: max(1, len(samples) // 256)]:  # a spread sample; load() checks every image
-        with Image.open(path) as image:
-            sizes.add(image.size)
+        sizes.add(_decode_rgb(path).size)
     return len(samples), sizes
 
 

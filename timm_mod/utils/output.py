@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 __all__ = [
-    'staged_output', 'check_replaceable_folder', 'check_output_folder', 'check_writable_folder', 'exclusive_folder',
-    'scratch_folder', 'fresh_folder', 'exit_cleanly_on_sigterm', 'stop_if_terminated', 'write_text_whole',
+    'staged_output', 'check_replaceable_folder', 'check_output_folder', 'check_outside_data', 'check_writable_folder',
+    'exclusive_folder', 'scratch_folder', 'fresh_folder', 'exit_cleanly_on_sigterm', 'stop_if_terminated',
+    'write_text_whole',
 ]
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
@@ -117,6 +118,15 @@ def check_replaceable_folder(target: Path, overwrite: bool = False, keep: Iterab
         raise FileExistsError(f'{target} exists and is not empty; choose another {option} or pass --overwrite '
                               f'to replace it whole.')
     return target
+
+
+def check_outside_data(output: Path, data_dir: Path, option: str = '--output') -> None:
+    """ A clear error before any work when a command would write into the data it reads: a file written into an
+    ImageFolder split becomes a training image, a folder a class."""
+    resolved, data = Path(output).expanduser().resolve(), Path(data_dir).expanduser().resolve()
+    if _inside(resolved, data):
+        raise ValueError(f'{option} {output} lies inside the data folder {data_dir}, where what is written would be '
+                         f'read as images or classes; give a folder outside it, e.g. output/.')
 
 
 def check_output_folder(output: Path, option: str = '--output') -> Path:
