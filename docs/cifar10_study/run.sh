@@ -2,8 +2,8 @@
 # The converged CIFAR-10 study (docs/cifar10_study.md): every run, in the order it trains. Run it from the
 # repository root with timm-mod installed; every step skips what is finished and resumes what was interrupted,
 # so after an interruption run it again; on a fresh checkout first run `python docs/cifar10_study/summarize.py
-# --restore`, which puts the committed results back under output/. Data: an ImageFolder copy of CIFAR-10 (train/
-# and validation/).
+# --restore DATA`, which puts the committed results back under output/ as runs of this study on DATA. Data: an
+# ImageFolder copy of CIFAR-10 (train/ and validation/).
 # It trains in two lanes side by side, one thread each, each in its own output folder: on 2 cores that trains
 # 1.18x (resnet18) to 1.31x (resnet18_mod) the steps per hour of one lane with two threads (docs/cifar10_study.md).
 # `summarize.py --lane I` shares arms.txt's runs between the lanes. Each lane's output goes to stdout with its tag.

@@ -4,8 +4,10 @@
 its learning curve, the fine-tuned run, the int8 accuracy files, the stock train.py run's summary.csv). Then it
 prints, as Markdown: top-1 per arm (mean +- sample std over its seeds) with each run's convergence check, each
 claim's difference with its spread and a verdict, the int8 table and the train.py run beside its twin. With
-`--plot-dir` it writes compare.png/csv/json of the arms through timm-mod's own `write_comparison`. `--restore`
-copies the committed results back under output/, so that run.sh on a fresh checkout trains only what is missing.
+`--plot-dir` it writes compare.png/csv/json of the arms through timm-mod's own `write_comparison`. `--restore DATA_DIR`
+copies the committed results back under output/, each with the identity of a run of the study's recipe on DATA_DIR,
+so that run.sh on a fresh checkout trains only what is missing. Only runs of the study's recipe and epochs are
+collected; paths are the repository's, from whatever folder the script runs in.
 `--lane I` prints the runs of arms.txt that run.sh's lane I trains (see `lane_runs`). `--time DATA_DIR` times every
 arm with a finished run, side by side, and keeps the times in timing.json for the tables and the plot: run it on an
 otherwise idle machine.
@@ -17,6 +19,7 @@ import csv
 import json
 import math
 import shutil
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -27,25 +30,30 @@ import torch
 
 from timm_mod.experiments.benchmark import device_name
 from timm_mod.experiments.compare import (
-    RESULT_FILE, ComparisonRow, ModelSpec, compare, format_comparison, summarize_runs, write_comparison)
+    RESULT_FILE, ComparisonRow, ModelSpec, check_specs, compare, format_comparison, read_result, recorded_recipe,
+    run_identity, study_record, summarize_runs, write_comparison)
 from timm_mod.experiments.quantize import ACCURACY_COLUMNS, AccuracyRow, accuracy_table_rows
-from timm_mod.experiments.recipe import load_train_args
+from timm_mod.experiments.recipe import complete_train_args, load_train_args
 from timm_mod.experiments.training import RunResult
 from timm_mod.models.zoo import measure
-from timm_mod.utils.output import write_text_whole
+from timm_mod.utils.image_folder import check_image_folder
+from timm_mod.utils.output import check_output_folder, write_text_whole
 from timm_mod.utils.tables import format_table
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]  # the repository: run.sh trains from there, and so every path below is under it
 RUNS, FINETUNE, INT8, TRAIN_PY = HERE / 'runs', HERE / 'finetune', HERE / 'int8', HERE / 'trainpy'
+ARMS = HERE / 'arms.txt'
 # run.sh trains in two lanes of one thread each, side by side, each in its own folder (compare locks its folder)
-LANES = (Path('output/cifar10_study'), Path('output/cifar10_study_lane2'))
+LANES = (ROOT / 'output/cifar10_study', ROOT / 'output/cifar10_study_lane2')
 # what run.sh's lane 1 trains before its share of arms.txt: the first seeds, which the fine-tune and int8 start from
 LANE1_FIRST = (('resnet18', 0), ('resnet18_mod', 0), ('resnet18_mod', 1), ('resnet18', 1))
 EPOCHS, FINETUNE_EPOCHS = 30, 7
-FINETUNE_OUTPUT = Path('output/cifar10_finetune/resnet18_mod/seed0')
-INT8_OUTPUT = Path('output/cifar10_int8')
-TRAIN_PY_OUTPUT = Path('output/cifar10_trainpy/resnet18_mod_seed0')
-RECIPE = Path('train_args/cifar10.yaml')
+NUM_CLASSES = 10
+FINETUNE_OUTPUT = ROOT / 'output/cifar10_finetune/resnet18_mod/seed0'
+INT8_OUTPUT = ROOT / 'output/cifar10_int8'
+TRAIN_PY_OUTPUT = ROOT / 'output/cifar10_trainpy/resnet18_mod_seed0'
+RECIPE, FINETUNE_RECIPE = ROOT / 'train_args/cifar10.yaml', ROOT / 'train_args/cifar10_finetune.yaml'
 TIMING = HERE / 'timing.json'  # the arms' measured CPU times (`--time`)
 SPEED_FIELDS = ('inference_ms', 'inference_speedup', 'train_step_ms', 'train_speedup', 'speed_setting')
 FLAT_POINTS = 0.5  # converged: over the last fifth of the epochs, top-1 moves by less than this (max - min)
@@ -66,15 +74,26 @@ CLAIMS = (
 )
 
 
-def arm_lines(path: Path = HERE / 'arms.txt') -> List[str]:
+def arm_lines(path: Path) -> List[str]:
     """ arms.txt without comments and blank lines: one `NAME[:KEY=VALUE,...]@SEEDS` per arm."""
     lines = (line.split('#', 1)[0].strip() for line in path.read_text().splitlines())
     return [line for line in lines if line]
 
 
-def read_arms() -> List[ModelSpec]:
-    """ The arms as run.sh trains them."""
-    return [ModelSpec.parse(line) for line in arm_lines()]
+def read_arms(path: Optional[Path] = None) -> List[ModelSpec]:
+    """ The arms (of arms.txt unless `path`) as run.sh trains them, in canonical form; a clear error for a line
+    without seeds, a model or option that cannot be built, or an arm listed twice (it would count its runs twice)."""
+    path = path or ARMS
+    specs = []
+    for line in arm_lines(path):
+        spec = ModelSpec.parse(line)
+        if spec.seeds is None:
+            raise ValueError(f'{path}: {line!r} names no seeds; write it as {line}@0,1,2.')
+        specs.append(spec)
+    try:
+        return check_specs(specs, NUM_CLASSES)
+    except ValueError as error:
+        raise ValueError(f'{path}: {error}') from None
 
 
 def committed_result(spec: ModelSpec, seed: int) -> Path:
@@ -100,7 +119,7 @@ def lane_runs(lane: int) -> List[str]:
     other unfinished run goes, seed by seed, to the lane with less work queued, counted in MACs times epochs. Both
     lanes are computed from the same state before either trains, so they never share a run.
     """
-    arms = [(line.partition('@')[0], ModelSpec.parse(line)) for line in arm_lines()]
+    arms = [(spec.folder_name.replace('@', ':', 1), spec) for spec in read_arms()]
     macs: Dict[str, float] = {}
     for _, spec in arms:
         model = timm.create_model(spec.model_name, num_classes=10, device='meta', **spec.kwargs)
@@ -141,17 +160,38 @@ def _twin_finished() -> bool:
         return any(row['epoch'] == str(EPOCHS - 1) for row in csv.DictReader(file))
 
 
+def study_recipe(path: Path = RECIPE) -> dict:
+    """ The recipe every arm trains with, completed as compare records it in a run's identity."""
+    return recorded_recipe(complete_train_args(load_train_args(path)))
+
+
+def _of_the_study(record: dict, recipe: dict, epochs: int) -> Optional[str]:
+    """ Why a result.json is not a run of the study (None when it is): other epochs, or another recipe."""
+    if record.get('epochs') != epochs:
+        return f"trained {record.get('epochs')} epochs, not the study's {epochs}"
+    recorded = record.get('identity', {}).get('recipe')
+    if recorded is not None and recorded != recipe:
+        changed = sorted(key for key in set(recorded) | set(recipe) if recorded.get(key) != recipe.get(key))
+        return f'trained with another recipe ({", ".join(changed)})'
+    return None
+
+
 def collect(arms: Sequence[ModelSpec]) -> None:
-    """ Copy every finished result under output/ into docs/cifar10_study/, checkpoint folders relative."""
-    def copy_result(source: Path, target: Path) -> None:
-        record = json.loads(source.read_text())
-        record['checkpoint_dir'] = str(source.parent)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_text_whole(target, json.dumps(record, indent=2) + '\n')
+    """ Copy every finished result of the study's recipe and epochs under output/ into docs/cifar10_study/,
+    checkpoint folders relative; any other (a smoke run of the same name) is named and left where it is."""
+    recipes = {RUNS: (study_recipe(RECIPE), EPOCHS), FINETUNE: (study_recipe(FINETUNE_RECIPE), FINETUNE_EPOCHS)}
     for candidates, committed in run_files(arms):
         finished = next((path for path in candidates if path.exists()), None)
-        if finished is not None:
-            copy_result(finished, committed)
+        if finished is None:
+            continue
+        record = json.loads(finished.read_text())
+        reason = _of_the_study(record, *recipes[committed.parent])
+        if reason is not None:
+            print(f'not collected: {finished} ({reason})', file=sys.stderr)
+            continue
+        record['checkpoint_dir'] = str(finished.parent.relative_to(ROOT))
+        committed.parent.mkdir(parents=True, exist_ok=True)
+        write_text_whole(committed, json.dumps(record, indent=2) + '\n')
     for accuracy in sorted(INT8_OUTPUT.glob('*/accuracy.json')):
         INT8.mkdir(exist_ok=True)
         shutil.copyfile(accuracy, INT8 / f'{accuracy.parent.name}.json')
@@ -160,20 +200,25 @@ def collect(arms: Sequence[ModelSpec]) -> None:
         shutil.copyfile(TRAIN_PY_OUTPUT / 'summary.csv', TRAIN_PY / 'resnet18_mod_seed0_summary.csv')
 
 
-def restore(arms: Sequence[ModelSpec]) -> None:
+def restore(arms: Sequence[ModelSpec], data_dir: Path) -> None:
     """ Copy the committed results back under output/, into the lane folder each trained in, where no lane has
     them, so that run.sh on a fresh checkout skips finished runs instead of training them again (their checkpoints
-    are not in git), and a later --collect writes the same files back unchanged."""
-    def put_back(source: Path, target: Path) -> None:
-        if source.exists() and not target.exists():
+    are not in git). Each gets the identity of a run of the study's recipe on `data_dir`, so that compare reuses
+    it there and refuses it in any other study."""
+    def put_back(text: str, target: Path) -> None:
+        if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_text_whole(target, source.read_text())
-    for candidates, committed in run_files(arms):
-        if committed.exists() and not any(path.exists() for path in candidates):
-            trained_in = Path(json.loads(committed.read_text()).get('checkpoint_dir', ''))
-            put_back(committed, next((path for path in candidates if path.parent == trained_in), candidates[0]))
+            write_text_whole(target, text)
+    record = study_record(complete_train_args(load_train_args(RECIPE)), data_dir, None)
+    for spec in arms:
+        for seed, (candidates, committed) in zip(spec.seeds, run_files([spec])):
+            if committed.exists() and not any(path.exists() for path in candidates):
+                result = dict(json.loads(committed.read_text()), identity=run_identity(spec, seed, record))
+                trained_in = ROOT / result.get('checkpoint_dir', '')
+                put_back(json.dumps(result, indent=2), next((path for path in candidates if path.parent == trained_in),
+                                                            candidates[0]))
     for accuracy in sorted(INT8.glob('*.json')):
-        put_back(accuracy, INT8_OUTPUT / accuracy.stem / 'accuracy.json')
+        put_back(accuracy.read_text(), INT8_OUTPUT / accuracy.stem / 'accuracy.json')
 
 
 def time_arms(arms: Sequence[ModelSpec], results: Sequence[RunResult], data_dir: Path) -> None:
@@ -181,6 +226,7 @@ def time_arms(arms: Sequence[ModelSpec], results: Sequence[RunResult], data_dir:
     thread, the recipe's batch of 128 at 32 px), and keep the times in timing.json. `timm-mod compare` does the
     timing, on a scratch folder holding copies of the finished results so that it trains nothing."""
     timed = []
+    study = study_record(complete_train_args(load_train_args(RECIPE)), data_dir, None)
     with tempfile.TemporaryDirectory() as scratch:
         for spec in arms:
             seeds = tuple(sorted(r.seed for r in results if r.label == spec.label))
@@ -190,7 +236,9 @@ def time_arms(arms: Sequence[ModelSpec], results: Sequence[RunResult], data_dir:
             for seed in seeds:
                 run_dir = Path(scratch) / spec.folder_name / f'seed{seed}'
                 run_dir.mkdir(parents=True)
-                shutil.copyfile(committed_result(spec, seed), run_dir / RESULT_FILE)
+                result = dict(json.loads(committed_result(spec, seed).read_text()),
+                              identity=run_identity(spec, seed, study))
+                (run_dir / RESULT_FILE).write_text(json.dumps(result))
         rows, _ = compare(timed, load_train_args(RECIPE), data_dir, Path(scratch), threads=1)
     times = {row.label: {field: getattr(row, field) for field in SPEED_FIELDS} for row in rows}
     record = {'cpu': device_name('cpu'), 'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'times': times}
@@ -206,7 +254,7 @@ def with_times(rows: Sequence[ComparisonRow]) -> List[ComparisonRow]:
 
 
 def read_results(folder: Path) -> List[RunResult]:
-    return [RunResult.from_json(json.loads(path.read_text())) for path in sorted(folder.glob('*.json'))]
+    return [read_result(path) for path in sorted(folder.glob('*.json'))]
 
 
 def last_fifth_moves(result: RunResult) -> float:
@@ -306,8 +354,8 @@ def train_py_twin(results: Sequence[RunResult]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--collect', action='store_true', help='first copy finished results from output/')
-    parser.add_argument('--restore', action='store_true',
-                        help='copy committed results back to output/ (a fresh checkout), then exit')
+    parser.add_argument('--restore', type=Path, default=None, metavar='DATA_DIR',
+                        help='copy committed results back to output/ (a fresh checkout) as runs on DATA_DIR, then exit')
     parser.add_argument('--plot-dir', type=Path, default=None, help='write compare.png/csv/json of the arms here')
     parser.add_argument('--time', type=Path, default=None, metavar='DATA_DIR',
                         help='first time every arm with a finished run side by side (idle machine; the data folder '
@@ -315,17 +363,31 @@ def main() -> None:
     parser.add_argument('--lane', type=int, choices=(1, 2), default=None,
                         help="print the unfinished runs of run.sh's lane 1 or 2, one compare --models argument a line")
     args = parser.parse_args()
+    try:
+        summarize(args)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as error:
+        sys.exit(f'summarize.py: error: {error}')
+
+
+def summarize(args: argparse.Namespace) -> None:
+    """ What main asked for; every argument is checked before any work."""
+    arms = read_arms()
+    for data_dir in (args.restore, args.time):
+        if data_dir is not None:
+            for split in ('train', 'validation'):
+                check_image_folder(data_dir, split)
+    if args.plot_dir is not None:
+        check_output_folder(args.plot_dir, '--plot-dir')
     if args.lane is not None:
         return print('\n'.join(lane_runs(args.lane)))
-    arms = read_arms()
-    if args.restore:
-        return restore(arms)
+    if args.restore is not None:
+        return restore(arms, args.restore)
     if args.collect:
         collect(arms)
     results, finetune = read_results(RUNS), read_results(FINETUNE)
     rows = summarize_runs(arms, results)
     if not rows:
-        raise SystemExit(f'No finished runs in {RUNS}; run run.sh, then this script with --collect.')
+        raise FileNotFoundError(f'No finished runs in {RUNS}; run run.sh, then this script with --collect.')
     if args.time is not None:
         time_arms(arms, results, args.time)
     rows = with_times(rows)

@@ -36,7 +36,8 @@ from .training import (
 
 __all__ = [
     'UNFINISHED', 'ModelSpec', 'ComparisonRow', 'check_specs', 'compare', 'summarize_runs', 'format_comparison',
-    'write_comparison', 'first_seed_curves', 'model_fingerprint', 'run_identity', 'read_result',
+    'write_comparison', 'first_seed_curves', 'model_fingerprint', 'recorded_recipe', 'study_record', 'run_identity',
+    'read_result',
 ]
 
 
@@ -215,12 +216,18 @@ def _legacy_recipe_sha(train_args: Dict[str, Any], epochs: Optional[int]) -> str
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _study_record(train_args: Dict[str, Any], data_dir: Path, epochs: Optional[int]) -> Dict[str, Any]:
+def recorded_recipe(train_args: Dict[str, Any], epochs: Optional[int] = None) -> Dict[str, Any]:
+    """ A completed recipe (`complete_train_args`) as studies and runs record it: `epochs` overridden, no seed
+    (seeds are per run), as JSON reads it back."""
+    recipe = dict(train_args, epochs=train_args['epochs'] if epochs is None else epochs)
+    recipe.pop('seed', None)
+    return json.loads(json.dumps(recipe, sort_keys=True, default=str))
+
+
+def study_record(train_args: Dict[str, Any], data_dir: Path, epochs: Optional[int]) -> Dict[str, Any]:
     """ What one study is: its completed recipe (train.py's defaults filled in, so that a default written out is
     the same recipe), its data folder and the fingerprints of both splits."""
-    recipe = dict(train_args, epochs=train_args['epochs'] if epochs is None else epochs)
-    recipe.pop('seed', None)  # seeds are per run
-    recipe = json.loads(json.dumps(recipe, sort_keys=True, default=str))
+    recipe = recorded_recipe(train_args, epochs)
     return dict(recipe=recipe, recipe_sha256=hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest(),
                 data_dir=str(Path(data_dir).expanduser().resolve()),
                 data={split: split_fingerprint(data_dir, train_args[f'{split}_split']) for split in ('train', 'val')})
@@ -317,7 +324,7 @@ def compare(
     check_trainable_split(data_dir, train_args['train_split'], train_args['batch_size'])
     for spec in specs:
         check_initial_weights(spec.model_name, spec.kwargs, train_args)
-    record = _study_record(train_args, data_dir, epochs)
+    record = study_record(train_args, data_dir, epochs)
     output_dir = check_writable_folder(output_dir)
     with exclusive_folder(output_dir, 'compare'):
         legacy = _check_study(output_dir, record, legacy_sha)

@@ -1,0 +1,141 @@
+""" The CIFAR-10 study's summarize.py on made-up run files: the tables and verdicts against numbers computed here,
+only runs of the study's recipe and epochs collected, arms.txt mistakes refused, results restored from any folder
+as runs that compare reuses in that study and refuses in any other."""
+import importlib.util
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from timm_mod.experiments.compare import ModelSpec, compare
+from timm_mod.experiments.recipe import load_train_args
+
+from conftest import write_noise_folder
+
+SCRIPT = Path(__file__).parents[1] / 'docs' / 'cifar10_study' / 'summarize.py'
+
+
+@pytest.fixture
+def study(tmp_path: Path, monkeypatch) -> ModuleType:
+    """ summarize.py with its folders moved under tmp_path (its recipes stay the repository's)."""
+    spec = importlib.util.spec_from_file_location('study_summarize', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    docs, root = tmp_path / 'docs', tmp_path / 'repo'
+    for name, path in dict(ROOT=root, RUNS=docs / 'runs', FINETUNE=docs / 'finetune', INT8=docs / 'int8',
+                           TRAIN_PY=docs / 'trainpy', TIMING=docs / 'timing.json', ARMS=docs / 'arms.txt',
+                           LANES=(root / 'output/lane1', root / 'output/lane2'),
+                           FINETUNE_OUTPUT=root / 'output/finetune/resnet18_mod/seed0',
+                           INT8_OUTPUT=root / 'output/int8', TRAIN_PY_OUTPUT=root / 'output/trainpy').items():
+        monkeypatch.setattr(module, name, path)
+    (docs / 'runs').mkdir(parents=True)
+    (docs / 'arms.txt').write_text('resnet18@0,1,2  # plain\nresnet18_mod@0,1,2\n')
+    return module
+
+
+def _result(model: str, seed: int, top1: float, epochs: int = 30, **extra) -> dict:
+    curve = [dict(epoch=epoch, train_loss=1.0, top1=top1 - 0.1 * (epochs - epoch)) for epoch in range(1, epochs + 1)]
+    return dict(model_name=model, params=1000, macs=2e6 if model == 'resnet18' else 1e6, top1=top1,
+                checkpoint_dir=f'output/lane1/{model}/seed{seed}', label=model, seed=seed, model_kwargs={},
+                epochs=epochs, train_seconds=1.0, curve=curve, **extra)
+
+
+TOP1 = {'resnet18': [82.0, 82.5, 83.25], 'resnet18_mod': [81.0, 81.75, 82.0]}
+
+
+def _write_runs(study: ModuleType) -> None:
+    for model, values in TOP1.items():
+        for seed, top1 in enumerate(values):
+            (study.RUNS / f'{model}_seed{seed}.json').write_text(json.dumps(_result(model, seed, top1)))
+
+
+def test_claim_1_is_the_difference_of_means_with_the_pooled_standard_error(study: ModuleType, capsys) -> None:
+    _write_runs(study)
+    arms = study.read_arms()
+    rows = study.summarize_runs(arms, study.read_results(study.RUNS))
+    pooled = math.sqrt(statistics.mean(statistics.variance(values) for values in TOP1.values()))
+    difference = statistics.mean(TOP1['resnet18_mod']) - statistics.mean(TOP1['resnet18'])
+    error = pooled * math.sqrt(1 / 3 + 1 / 3)
+    claim = next(line for line in study.claims_table(rows, []).splitlines() if line.startswith('| 1.'))
+    assert f'| 3 vs 3 | {difference:+.2f} +- {error:.2f} | -1.67 (Table 9, CIFAR-10 R18) |' in claim
+    expected = ('confirmed' if difference - 2 * error > -1.67 else
+                'contradicted' if difference + 2 * error < -1.67 else 'cannot tell')
+    assert claim.endswith(f'| {expected} |')
+    arms_rows = study.arms_table(rows, study.read_results(study.RUNS), rows[0].mmacs).splitlines()
+    assert arms_rows[2].startswith(f'| resnet18 | 3 | {statistics.mean(TOP1["resnet18"]):.2f} +- '
+                                   f'{statistics.stdev(TOP1["resnet18"]):.2f} | 82.00 82.50 83.25 | 0.50 0.50 0.50 |')
+
+
+def test_collect_takes_only_runs_of_the_studys_recipe_and_epochs(study: ModuleType, capsys) -> None:
+    _write_runs(study)
+    committed = study.RUNS / 'resnet18_mod_seed0.json'
+    before = committed.read_text()
+    smoke = study.LANES[0] / 'resnet18_mod' / 'seed0' / 'result.json'
+    smoke.parent.mkdir(parents=True)
+    smoke.write_text(json.dumps(_result('resnet18_mod', 0, 97.2, epochs=7)))
+    other_recipe = study.LANES[1] / 'resnet18' / 'seed1' / 'result.json'
+    other_recipe.parent.mkdir(parents=True)
+    recipe = dict(study.study_recipe(study.RECIPE), lr=0.5)
+    other_recipe.write_text(json.dumps(_result('resnet18', 1, 10.0, identity=dict(recipe=recipe))))
+    same_recipe = study.LANES[1] / 'resnet18' / 'seed2' / 'result.json'
+    same_recipe.parent.mkdir(parents=True)
+    same_recipe.write_text(json.dumps(_result('resnet18', 2, 84.0, identity=dict(recipe=study.study_recipe()))))
+    study.collect(study.read_arms())
+    err = capsys.readouterr().err
+    assert committed.read_text() == before
+    assert f"not collected: {smoke} (trained 7 epochs, not the study's 30)" in err
+    assert f'not collected: {other_recipe} (trained with another recipe (lr))' in err
+    collected = json.loads((study.RUNS / 'resnet18_seed2.json').read_text())
+    assert collected['top1'] == 84.0 and collected['checkpoint_dir'] == 'output/lane2/resnet18/seed2'
+
+
+@pytest.mark.parametrize('arms, message', [
+    ('resnet18@0,1\nresnet18_mod\n', r"'resnet18_mod' names no seeds; write it as resnet18_mod@0,1,2"),
+    ('resnet18@0\nresnet18_mod:c=64@1\nresnet18_mod@0\n', r"'resnet18_mod' is given twice \(as 'resnet18_mod c=64'"),
+    ('resnet18@0\nresnet81_mod@0\n', r"Unknown model 'resnet81_mod'"),
+    ('resnet18@0\nresnet18_mod:c=one@0\n', r"'resnet18_mod c=one' cannot be built with these kwargs"),
+])
+def test_arms_txt_mistakes_are_clear_errors(study: ModuleType, arms: str, message: str) -> None:
+    study.ARMS.write_text(arms)
+    with pytest.raises(ValueError, match=message):
+        study.read_arms()
+
+
+def test_restored_results_are_reused_by_their_study_and_refused_by_another(
+        study: ModuleType, tmp_path: Path, monkeypatch) -> None:
+    _write_runs(study)
+    data = write_noise_folder(tmp_path / 'data', {'train': 64, 'validation': 2})
+    monkeypatch.chdir(tmp_path)  # any folder: the results go under the repository's output/
+    study.restore(study.read_arms(), data)
+    restored = study.LANES[0] / 'resnet18' / 'seed0' / 'result.json'
+    assert restored.exists() and not (tmp_path / 'output').exists()
+    recipe = load_train_args(study.RECIPE)
+    _, results = compare([ModelSpec('resnet18', seeds=(0,))], recipe, data, study.LANES[0], measure_speed=False,
+                         progress=False)
+    assert results[0].top1 == TOP1['resnet18'][0], 'reused, not trained'
+    smoke = tmp_path / 'smoke' / 'resnet18' / 'seed0'  # the same results, put where a one-epoch study looks
+    smoke.mkdir(parents=True)
+    smoke.joinpath('result.json').write_text(restored.read_text())
+    with pytest.raises(ValueError, match=r'holds another run than resnet18 seed 0 .*recipe: epochs \(24 there, 1 now'):
+        compare([ModelSpec('resnet18', seeds=(0,))], recipe, data, tmp_path / 'smoke', epochs=1, measure_speed=False,
+                progress=False)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--time', 'no/such/data'], "No 'train' split in no/such/data"),
+    (['--restore', 'no/such/data'], "No 'train' split in no/such/data"),
+    (['--plot-dir', '{file}/plots'], 'lies inside the file'),
+])
+def test_script_mistakes_are_one_line_errors_before_any_work(tmp_path: Path, args: list, message: str) -> None:
+    (tmp_path / 'file').write_text('')
+    args = [arg.format(file=tmp_path / 'file') for arg in args]
+    run = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=300)
+    assert run.returncode == 1 and run.stdout == '', run.stdout
+    assert run.stderr.startswith('summarize.py: error: ') and message in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ['file']
