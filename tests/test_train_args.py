@@ -6,44 +6,11 @@ from typing import Any, Dict
 import pytest
 
 from timm_mod.experiments.quickstart import quickstart_args_file
-from timm_mod.experiments.recipe import load_train_args
+from timm_mod.experiments.recipe import TRAIN_PY_OPTIONS, load_train_args
 from timm_mod.models.zoo import PAPER_MODELS
 
 ROOT = Path(__file__).parents[1]
 TRAIN_ARGS = sorted((ROOT / 'train_args').glob('*.yaml'))
-
-# Every option name (argparse dest) that timm's train.py defines, read off train.py at
-# huggingface/pytorch-image-models aa4b5850 (2026-08-08). train.py applies an arg file with
-# parser.set_defaults(**yaml.safe_load(f)), which accepts any key silently: hence this list.
-TRAIN_PY_OPTIONS = frozenset({
-    'aa', 'amp', 'amp_dtype', 'aug_repeats', 'aug_splits', 'batch_size', 'bce_loss', 'bce_pos_weight', 'bce_sum',
-    'bce_target_thresh', 'bn_eps', 'bn_momentum', 'channels_last', 'checkpoint_hist', 'class_map', 'clip_grad',
-    'clip_mode', 'color_jitter', 'color_jitter_prob', 'config', 'cooldown_epochs', 'crop_pct', 'cutmix',
-    'cutmix_minmax', 'data', 'data_dir', 'dataset', 'dataset_download', 'dataset_trust_remote_code', 'decay_epochs',
-    'decay_milestones', 'decay_rate', 'device', 'device_modules', 'dist_bn', 'distill_loss_weight', 'drop',
-    'drop_block', 'drop_connect', 'drop_path', 'epoch_repeats', 'epochs', 'eval_metric', 'experiment', 'fast_norm',
-    'fuser', 'gaussian_blur_prob', 'gp', 'grad_accum_steps', 'grad_checkpointing', 'grayscale_prob',
-    'head_init_bias', 'head_init_scale', 'hflip', 'img_size', 'in_chans', 'initial_checkpoint', 'input_img_mode',
-    'input_key', 'input_size', 'interpolation', 'jsd_loss', 'kd_distill_type', 'kd_loss_type', 'kd_model_name',
-    'kd_student_feature_dim', 'kd_teacher_feature_dim', 'kd_temperature', 'kd_token_distill_type', 'layer_decay',
-    'layer_decay_min_scale', 'layer_decay_no_opt_scale', 'local_rank', 'log_interval', 'log_wandb', 'lr', 'lr_base',
-    'lr_base_scale', 'lr_base_size', 'lr_cycle_decay', 'lr_cycle_limit', 'lr_cycle_mul', 'lr_k_decay', 'lr_noise',
-    'lr_noise_pct', 'lr_noise_std', 'mean', 'min_lr', 'mixup', 'mixup_mode', 'mixup_off_epoch', 'mixup_prob',
-    'mixup_switch_prob', 'model', 'model_dtype', 'model_ema', 'model_ema_decay', 'model_ema_force_cpu',
-    'model_ema_warmup', 'model_kwargs', 'momentum', 'naflex_loader', 'naflex_loss_scale', 'naflex_max_seq_len',
-    'naflex_patch_size_probs', 'naflex_patch_sizes', 'naflex_patchify_channels_first', 'naflex_train_seq_lens',
-    'no_aug', 'no_ddp_bb', 'no_prefetcher', 'no_resume_opt', 'num_classes', 'opt', 'opt_betas', 'opt_eps',
-    'opt_kwargs', 'output', 'patience_epochs', 'pin_mem', 'pretrained', 'pretrained_path', 'ratio', 'recount',
-    'recovery_interval', 'remode', 'reprob', 'resplit', 'resume', 'save_images', 'scale', 'sched',
-    'sched_on_updates', 'seed', 'smoothing', 'split_bn', 'start_epoch', 'std', 'sync_bn', 'synchronize_step',
-    'target_key', 'task_loss_weight', 'torchcompile', 'torchcompile_mode', 'torchscript', 'train_batch_sizes',
-    'train_batches_per_epoch', 'train_crop_mode', 'train_img_sizes', 'train_interpolation', 'train_num_samples',
-    'train_size_probs', 'train_size_random_mix', 'train_size_schedule', 'train_size_schedule_spread', 'train_split',
-    'tta', 'use_multi_epochs_loader', 'val_interval', 'val_num_samples', 'val_split', 'validation_batch_size',
-    'variable_batch_loss_scale', 'vflip', 'wandb_project', 'wandb_resume_id', 'wandb_tags', 'warmup_epochs',
-    'warmup_lr', 'warmup_prefix', 'weight_decay', 'worker_seeding', 'workers',
-})
-
 
 def parse_like_train_py(path: Path) -> argparse.Namespace:
     """ train.py's rule for `-c FILE`: YAML mapping -> parser defaults -> parse the remaining command line."""
@@ -57,7 +24,7 @@ def parse_like_train_py(path: Path) -> argparse.Namespace:
 def test_there_are_recipes_and_a_quickstart() -> None:
     assert {p.name for p in TRAIN_ARGS} == {
         'quickstart.yaml', 'resnet_mod_imagenet.yaml', 'mobilenetv2_mod_imagenet.yaml', 'finetune_from_plain.yaml',
-        'cifar10.yaml', 'cifar10_finetune.yaml'}
+        'cifar10.yaml', 'cifar10_finetune.yaml', 'cifar10_distill.yaml'}
     assert quickstart_args_file().read_text() == (ROOT / 'train_args' / 'quickstart.yaml').read_text()
 
 

@@ -230,10 +230,33 @@ def test_card_of_our_model_says_it_is_not_the_papers(tmp_path: Path) -> None:
     assert 'stage depths 2,6,17,2' in card
 
 
-def test_a_plain_model_name_is_refused(tmp_path: Path) -> None:
-    train_py_checkpoint(tmp_path / 'ckpt.pth.tar', 'resnet18_mod')
-    with pytest.raises(ValueError, match="'resnet18' is not a registered MoD model"):
+def test_a_plain_model_publishes_as_a_teacher_and_loads_back_with_its_classes(tmp_path: Path) -> None:
+    """ The teacher of a distillation: timm's own resnet18, trained for 5 classes, loads back by `local-dir:` with
+    the same logits and its classifier (config.json carries num_classes), and offline from a Hub cache."""
+    trained = train_py_checkpoint(tmp_path / 'teacher.pth.tar', 'resnet18', num_classes=5)
+    folder = Path(publish('resnet18', tmp_path / 'teacher.pth.tar', out_dir=tmp_path / 'teacher'))
+    config = json.loads((folder / 'config.json').read_text())
+    assert (config['architecture'], config['num_classes'], config['model_args']) == ('resnet18', 5, {})
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert loaded.num_classes == 5 and torch.equal(logits(loaded), logits(trained))
+    offline = load_from_offline_hub_cache(folder, tmp_path / 'cache', 'org/teacher', tmp_path, use_tag=False)
+    assert torch.equal(offline, logits(trained))
+    card = (folder / 'README.md').read_text()
+    assert "timm's `resnet18`, a plain image classifier (no Mixture-of-Depths blocks)" in card
+    assert 'Model: `resnet18`, 5 classes' in card and 'mixture-of-depths' not in card
+
+
+def test_mod_weights_published_under_a_plain_name_are_refused(tmp_path: Path) -> None:
+    model = train_py_checkpoint(tmp_path / 'ckpt.pth.tar', 'resnet18_mod')
+    with pytest.raises(ValueError, match=r"ckpt.pth.tar was trained as 'resnet18_mod', not 'resnet18'; use --model "
+                                         r"resnet18_mod"):
         publish('resnet18', tmp_path / 'ckpt.pth.tar', out_dir=tmp_path / 'o')
+    save_file(model.state_dict(), str(tmp_path / 'bare.safetensors'))  # no record of what it was trained as
+    with pytest.raises(ValueError, match=r"The weights in .*bare.safetensors do not fit 'resnet18' : layer1.1, "
+                                         r"layer2.1, layer3.1, layer4.1 are MoD blocks in the checkpoint, dense in "
+                                         r"the model: a checkpoint of the MoD model\?"):
+        publish('resnet18', tmp_path / 'bare.safetensors', out_dir=tmp_path / 'o')
+    assert not (tmp_path / 'o').exists()
 
 
 TRANSFORMERS_CHECK = '''

@@ -31,13 +31,13 @@ from ..utils.timing import time_side_by_side
 from .benchmark import BenchSetting, make_step
 from .recipe import check_initial_checkpoint, complete_train_args
 from .training import (
-    RunResult, check_initial_weights, check_trainable_split, num_classes_kwargs, read_resumable_checkpoint, run_label,
-    train_and_evaluate)
+    RunResult, check_initial_weights, check_trainable_split, load_teacher, num_classes_kwargs,
+    read_resumable_checkpoint, run_label, train_and_evaluate)
 
 __all__ = [
-    'UNFINISHED', 'ModelSpec', 'ComparisonRow', 'check_specs', 'compare', 'summarize_runs', 'format_comparison',
-    'write_comparison', 'first_seed_curves', 'model_fingerprint', 'recorded_recipe', 'study_record', 'run_identity',
-    'read_result',
+    'UNFINISHED', 'ARM_OPTIONS', 'ModelSpec', 'ComparisonRow', 'check_specs', 'compare', 'summarize_runs',
+    'format_comparison', 'write_comparison', 'first_seed_curves', 'model_fingerprint', 'recorded_recipe',
+    'study_record', 'run_identity', 'read_result',
 ]
 
 
@@ -88,12 +88,18 @@ def model_fingerprint(model_name: str, kwargs: Dict[str, Any], num_classes: Opti
     return digest.hexdigest()
 
 
+# train.py options an arm may set for itself (`resnet18_mod:initial_checkpoint=x.pth,kd_model_name=local-dir:t@0`):
+# where it starts from and what it is distilled from; every other key is a `create_model` kwarg
+ARM_OPTIONS = ('initial_checkpoint', 'kd_model_name', 'kd_temperature', 'distill_loss_weight', 'task_loss_weight')
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """ A timm model name with the kwargs it is built with, and the seeds it is trained with.
 
     Written `NAME[:KEY=VALUE,...][@SEED,...]`, e.g. `resnet18_mod:routing=random,c=16@0`; values are Python
-    literals (`channels=(32,64,128,256)`) or plain strings. Without `@` the study's seeds apply.
+    literals (`channels=(32,64,128,256)`) or plain strings. Without `@` the study's seeds apply. Keys of
+    `ARM_OPTIONS` set that train.py option for this model's runs instead (a starting checkpoint, a teacher).
     """
     model_name: str
     model_kwargs: Tuple[Tuple[str, Any], ...] = ()
@@ -121,30 +127,42 @@ class ModelSpec:
 
     @property
     def kwargs(self) -> Dict[str, Any]:
-        return dict(self.model_kwargs)
+        """ The `create_model` kwargs."""
+        return {key: value for key, value in self.model_kwargs if key not in ARM_OPTIONS}
+
+    @property
+    def train_options(self) -> Dict[str, Any]:
+        """ The train.py options this model's runs set over the study's arg file (`ARM_OPTIONS`)."""
+        return {key: value for key, value in self.model_kwargs if key in ARM_OPTIONS}
 
     def canonical(self, num_classes: Optional[int]) -> 'ModelSpec':
         """ The same model named one way: kwargs sorted, lists as tuples, and kwargs that build the same model as
         leaving them out (a default written out, `resnet18_mod:c=64`) dropped."""
-        kwargs = sorted((key, _canonical_value(value)) for key, value in self.model_kwargs)
+        kwargs = sorted((key, _canonical_value(value)) for key, value in self.kwargs.items())
         if kwargs:
             built = model_fingerprint(self.model_name, dict(kwargs), num_classes)
             without = {key: {k: v for k, v in kwargs if k != key} for key, _ in kwargs}
             kwargs = [(key, value) for key, value in kwargs
                       if model_fingerprint(self.model_name, without[key], num_classes) != built]
-        return replace(self, model_kwargs=tuple(kwargs))
+        return replace(self, model_kwargs=tuple(sorted(kwargs + list(self.train_options.items()))))
 
     @property
     def label(self) -> str:
         """ How tables and plots name it: `resnet18_mod routing=random`."""
-        return run_label(self.model_name, self.kwargs)
+        return run_label(self.model_name, dict(self.model_kwargs))
 
     @property
     def folder_name(self) -> str:
-        """ Its runs' folder: `resnet18_mod`, or `resnet18_mod@routing=random,c=16` (spaces removed)."""
+        """ Its runs' folder: `resnet18_mod`, or `resnet18_mod@routing=random,c=16` (spaces removed); a path an
+        arm option names appears as its last part and a hash of the whole (`init.pth~1a2b3c4d`), so that folder
+        names stay short."""
         if not self.model_kwargs:
             return self.model_name
-        items = ','.join(f'{key}={value}' for key, value in self.model_kwargs)
+        def shown(key: str, value: Any) -> str:
+            if key in ARM_OPTIONS and isinstance(value, str) and '/' in value:
+                return f'{value.rstrip("/").rpartition("/")[2]}~{hashlib.sha256(value.encode()).hexdigest()[:8]}'
+            return str(value)
+        items = ','.join(f'{key}={shown(key, value)}' for key, value in self.model_kwargs)
         return f'{self.model_name}@{items}'.replace(' ', '').replace('/', '_')
 
 
@@ -322,8 +340,15 @@ def compare(
     specs = check_specs(specs, train_args['num_classes'], seeds)
     check_class_maps(data_dir, train_args['train_split'], train_args['val_split'], train_args['num_classes'])
     check_trainable_split(data_dir, train_args['train_split'], train_args['batch_size'])
+    teachers: Dict[str, str] = {}
     for spec in specs:
-        check_initial_weights(spec.model_name, spec.kwargs, train_args)
+        arm_args = complete_train_args(dict(train_args, **spec.train_options), source=spec.label)
+        check_initial_checkpoint(arm_args)
+        check_initial_weights(spec.model_name, spec.kwargs, arm_args)
+        teacher = arm_args['kd_model_name']
+        if teacher and teacher not in teachers:  # loaded once here, so that a wrong one fails before any training
+            load_teacher(teacher, arm_args['num_classes'])
+            teachers[teacher] = teacher
     record = study_record(train_args, data_dir, epochs)
     output_dir = check_writable_folder(output_dir)
     with exclusive_folder(output_dir, 'compare'):
@@ -345,9 +370,28 @@ class _Run:
     identity: Dict[str, Any]
 
 
+def _file_sha256(source: str) -> Optional[str]:
+    """ The content of a checkpoint file or `local-dir:` folder an arm reads (None for a name), so that a run
+    is not reused after the file it started from or distilled from was replaced."""
+    path = Path(source[len('local-dir:'):]) if source.startswith('local-dir:') else Path(source)
+    files = sorted(path.rglob('*')) if path.is_dir() else [path] if path.is_file() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        if file.is_file():
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
 def run_identity(spec: ModelSpec, seed: int, study: Dict[str, Any]) -> Dict[str, Any]:
-    """ What makes two runs the same run: model, canonical kwargs, seed, completed recipe, data fingerprints."""
-    return dict(model=spec.model_name, model_kwargs=_as_json(spec.kwargs), seed=seed, recipe=study['recipe'],
+    """ What makes two runs the same run: model, canonical kwargs, seed, completed recipe (with the arm's own
+    options, and the content of the files they name), data fingerprints."""
+    recipe = dict(study['recipe'], **_as_json(spec.train_options))
+    for key in ('initial_checkpoint', 'kd_model_name'):
+        if recipe.get(key):
+            recipe[f'{key}_sha256'] = _file_sha256(recipe[key])
+    return dict(model=spec.model_name, model_kwargs=_as_json(spec.kwargs), seed=seed, recipe=recipe,
                 data=study['data'])
 
 
@@ -422,10 +466,12 @@ def _train_all(runs: Sequence['_Run'], train_args: Dict[str, Any], data_dir: Pat
                 print(f'{prefix}unfinished, skipped (--unfinished skip)', file=sys.stderr, flush=True)
             continue
         _record_identity(run)
-        result = train_and_evaluate(run.spec.model_name, train_args, data_dir, run.run_dir, epochs=epochs,
+        result = train_and_evaluate(run.spec.model_name, dict(train_args, **run.spec.train_options), data_dir,
+                                    run.run_dir, epochs=epochs,
                                     model_kwargs=run.spec.kwargs, seed=run.seed, progress=progress,
                                     progress_prefix=prefix, data_path=data_path)
         stop_if_terminated()  # a SIGTERM during the last evaluation leaves the run unfinished, not recorded
+        result = replace(result, label=run.spec.label, train_options=_as_json(run.spec.train_options))
         write_text_whole(run.run_dir / RESULT_FILE, json.dumps(dict(result.to_json(), identity=run.identity),
                                                                indent=2))
         (run.run_dir / RUN_FILE).unlink(missing_ok=True)
@@ -443,7 +489,8 @@ def summarize_runs(specs: Sequence[ModelSpec], results: Sequence[RunResult]) -> 
     rows = []
     for spec in specs:
         runs = [r for r in results
-                if r.model_name == spec.model_name and _as_json(r.model_kwargs) == _as_json(spec.kwargs)]
+                if r.model_name == spec.model_name and _as_json(r.model_kwargs) == _as_json(spec.kwargs)
+                and _as_json(r.train_options) == _as_json(spec.train_options)]
         if not runs:
             continue
         top1 = [r.top1 for r in runs]

@@ -24,10 +24,12 @@ TRAIN_PY_DEFAULTS: Dict[str, Any] = dict(
     decay_epochs=90, decay_milestones=[90, 180, 270], decay_rate=0.1, cooldown_epochs=0, patience_epochs=10,
     lr_noise=None, lr_noise_pct=0.67, lr_noise_std=1.0, lr_cycle_mul=1.0, lr_cycle_decay=0.5, lr_cycle_limit=1,
     lr_k_decay=1.0, sched_on_updates=False, warmup_prefix=False, val_interval=1, channels_last=False, amp=False,
-    amp_dtype='float16', initial_checkpoint='')
+    amp_dtype='float16', initial_checkpoint='', kd_model_name=None, kd_loss_type='kl', distill_loss_weight=None,
+    task_loss_weight=None, kd_temperature=4.0)
 
-# Every option name timm's train.py reads from `-c FILE` (its argparse dests): train.py silently ignores any other key
-# of an arg file, so a study warns about them (`weight-decay` for `weight_decay`).
+# Every option name (argparse dest) timm's train.py defines, read off train.py at huggingface/pytorch-image-models
+# aa4b5850 (2026-08-08). train.py applies an arg file with parser.set_defaults(**yaml.safe_load(f)), which accepts any
+# key silently, so a study warns about the others (`weight-decay` for `weight_decay`).
 TRAIN_PY_OPTIONS = frozenset("""
     aa amp amp_dtype aug_repeats aug_splits batch_size bce_loss bce_pos_weight bce_sum bce_target_thresh bn_eps
     bn_momentum channels_last checkpoint_hist class_map clip_grad clip_mode color_jitter color_jitter_prob
@@ -37,7 +39,8 @@ TRAIN_PY_OPTIONS = frozenset("""
     grad_accum_steps grad_checkpointing grayscale_prob head_init_bias head_init_scale hflip img_size in_chans
     initial_checkpoint input_img_mode input_key input_size interpolation jsd_loss kd_distill_type kd_loss_type
     kd_model_name kd_student_feature_dim kd_teacher_feature_dim kd_temperature kd_token_distill_type layer_decay
-    layer_decay_min_scale layer_decay_no_opt_scale log_interval log_wandb lr lr_base lr_base_scale lr_base_size
+    layer_decay_min_scale layer_decay_no_opt_scale local_rank log_interval log_wandb lr lr_base lr_base_scale
+    lr_base_size
     lr_cycle_decay lr_cycle_limit lr_cycle_mul lr_k_decay lr_noise lr_noise_pct lr_noise_std mean min_lr mixup
     mixup_mode mixup_off_epoch mixup_prob mixup_switch_prob model model_dtype model_ema model_ema_decay
     model_ema_force_cpu model_ema_warmup model_kwargs momentum naflex_loader naflex_loss_scale naflex_max_seq_len
@@ -59,7 +62,7 @@ _NOT_IMPLEMENTED = dict(
     drop_block=None, model_ema=False, clip_grad=None, grad_accum_steps=1, bce_loss=False, jsd_loss=False,
     aug_repeats=0, aug_splits=0, train_crop_mode=None, gp=None, bn_momentum=None, bn_eps=None,
     pretrained=False, resume='', start_epoch=None, epoch_repeats=0.0, class_map='',
-    train_num_samples=None, kd_model_name=None)
+    train_num_samples=None, kd_distill_type='logit')
 
 
 def load_train_args(path: Path) -> Dict[str, Any]:
@@ -100,6 +103,9 @@ def complete_train_args(train_args: Dict[str, Any], source: str = 'the train arg
         raise ValueError(f'{source}: num_classes must be a whole number of at least 1, got {args["num_classes"]!r}.')
     if not isinstance(args['workers'], int) or args['workers'] < 0:
         raise ValueError(f'{source}: workers must be a whole number of at least 0, got {args["workers"]!r}.')
+    if args['kd_model_name'] is not None and not (isinstance(args['kd_model_name'], str) and args['kd_model_name']):
+        raise ValueError(f'{source}: kd_model_name must name the teacher (local-dir:FOLDER, hf-hub:ORG/NAME, a timm '
+                         f'model name or a checkpoint file), got {args["kd_model_name"]!r}.')
     unsupported = sorted(key for key, default in _NOT_IMPLEMENTED.items() if args.get(key) not in (default, None))
     if unsupported:
         raise ValueError(f'{source} sets {", ".join(unsupported)}, which timm-mod compare does not implement; train '

@@ -1,7 +1,8 @@
 """ One model trained with train.py's recipe semantics and evaluated on the held-out split.
 
 Training uses the components timm's train.py uses (`create_dataset`, `create_loader`, `optimizer_kwargs` +
-`create_optimizer_v2`, `scheduler_kwargs` + `create_scheduler_v2`, the loss, `CheckpointSaver`, `accuracy`),
+`create_optimizer_v2`, `scheduler_kwargs` + `create_scheduler_v2`, the loss, `LogitDistillationTask` when the
+recipe names a teacher (`kd_model_name`), `CheckpointSaver`, `accuracy`),
 configured by the same YAML file train.py reads with `-c`, so stock train.py and validate.py reproduce a run on the
 same data folder. Where the images fit in memory they are decoded once and augmented as tensors
 (`utils.in_memory_data`), which a CPU trains at the speed of its arithmetic.
@@ -29,9 +30,11 @@ from timm.loss import LabelSmoothingCrossEntropy
 from timm.models import load_checkpoint, load_state_dict, resume_checkpoint
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.task import LogitDistillationTask
 from timm.utils import AverageMeter, CheckpointSaver, accuracy, random_seed
 
 from ..models import is_mod_model_name, measure, require_registered
+from ..models.checkpoint import infer_num_classes, load_checkpoint_file
 from ..utils.image_folder import check_class_maps, split_fingerprint
 from ..utils.in_memory_data import (
     DATA_PATHS, InMemorySplit, eval_batches, eval_split, in_memory_unsupported, train_batches)
@@ -40,7 +43,7 @@ from .recipe import check_initial_checkpoint, complete_train_args
 
 __all__ = [
     'RunResult', 'run_label', 'train_and_evaluate', 'num_classes_kwargs', 'check_trainable_split',
-    'check_initial_weights', 'read_resumable_checkpoint']
+    'check_initial_weights', 'read_resumable_checkpoint', 'load_teacher', 'training_loss']
 
 
 def run_label(model_name: str, model_kwargs: Dict[str, Any]) -> str:
@@ -63,6 +66,7 @@ class RunResult:
     epochs: int = 0
     train_seconds: float = 0.0  # wall time of the training epochs (evaluation excluded), as run
     curve: List[Dict[str, Any]] = field(default_factory=list)  # per epoch: train_loss, top1 (None: not evaluated)
+    train_options: Dict[str, Any] = field(default_factory=dict)  # train.py options of this run: start, teacher
 
     def to_json(self) -> Dict[str, Any]:
         return dict(asdict(self), checkpoint_dir=str(self.checkpoint_dir))
@@ -190,6 +194,46 @@ def check_initial_weights(model_name: str, model_kwargs: Dict[str, Any], train_a
                          f'checkpoint\'s, or give a checkpoint of this model and class count.')
 
 
+def load_teacher(source: str, num_classes: Optional[int]) -> nn.Module:
+    """ The teacher a recipe's `kd_model_name` names, in eval mode: a checkpoint file (train.py's, which records
+    its architecture and model kwargs), else anything `timm.create_model(..., pretrained=True)` loads
+    (`local-dir:FOLDER`, `hf-hub:ORG/NAME`, a timm name). Refused when its classifier does not have the student's
+    `num_classes`: train.py would replace it by a random one and distil that without a word."""
+    if Path(source).is_file():
+        checkpoint = load_checkpoint_file(Path(source))
+        arch = checkpoint.train_args.get('model')
+        if not arch:
+            raise ValueError(f'kd_model_name {source} records no architecture (a bare state dict); give a checkpoint '
+                             f'written by train.py or timm-mod compare, or publish the teacher and give local-dir:.')
+        teacher = timm.create_model(arch, num_classes=infer_num_classes(arch, checkpoint.state_dict),
+                                    **(checkpoint.train_args.get('model_kwargs') or {}))
+        teacher.load_state_dict(checkpoint.state_dict)
+    else:
+        try:
+            teacher = timm.create_model(source, pretrained=True)
+        except (RuntimeError, ValueError, OSError) as error:
+            raise ValueError(f'Cannot load the teacher kd_model_name {source!r}: {error}') from None
+    if num_classes is not None and teacher.num_classes != num_classes:
+        raise ValueError(f'The teacher {source} has a classifier of {teacher.num_classes} classes, the student '
+                         f'{num_classes}: timm would distil a randomly initialised classifier. Give a teacher trained '
+                         f'on these classes.')
+    return teacher.eval()
+
+
+def training_loss(model: nn.Module, cfg: argparse.Namespace, teacher: Optional[nn.Module] = None
+                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """ The loss of one training batch, as train.py computes it: cross-entropy (label smoothing with `smoothing`),
+    and with a `teacher`, timm's `LogitDistillationTask` over it (`kd_temperature`, `distill_loss_weight`,
+    `task_loss_weight`)."""
+    criterion = LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing else nn.CrossEntropyLoss()
+    if teacher is None:
+        return lambda images, targets: criterion(model(images), targets)
+    task = LogitDistillationTask(
+        model, teacher, criterion=criterion, loss_type=cfg.kd_loss_type, distill_loss_weight=cfg.distill_loss_weight,
+        task_loss_weight=cfg.task_loss_weight, temperature=cfg.kd_temperature, verbose=False)
+    return lambda images, targets: task(images, targets)['loss']
+
+
 def read_resumable_checkpoint(last: Path) -> Dict[str, Any]:
     """ An interrupted run's last.pth.tar, or a clear error naming it when it cannot be read (empty, truncated)."""
     try:
@@ -277,7 +321,8 @@ def train_and_evaluate(
         model = model.to(memory_format=torch.channels_last)
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg))
     scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(cfg))
-    loss_fn = LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing else nn.CrossEntropyLoss()
+    teacher = load_teacher(cfg.kd_model_name, model.num_classes) if cfg.kd_model_name else None
+    loss_fn = training_loss(model, cfg, teacher)
     autocast = _autocast(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / 'args.yaml', 'w') as f:
@@ -311,7 +356,7 @@ def train_and_evaluate(
                 break
             stop_if_terminated()
             with autocast():
-                loss = loss_fn(model(images), targets)
+                loss = loss_fn(images, targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

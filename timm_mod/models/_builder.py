@@ -148,6 +148,15 @@ def describe_state_dict_mismatch(model: nn.Module, state_dict: Dict[str, torch.T
     if weight in expected and weight in state_dict and expected[weight].shape != state_dict[weight].shape:
         problems.append(f'the classifier has {state_dict[weight].shape[0]} classes in the checkpoint, '
                         f'{expected[weight].shape[0]} in the model: pass num_classes={state_dict[weight].shape[0]}')
+    routed = natural({key.split('.selector.')[0] for key in state_dict if '.selector.' in key}
+                     - {name for name, block in model.named_modules() if isinstance(block, MoDBlock)})
+    if routed:
+        problems.append(f'{", ".join(routed[:4])} {"is a MoD block" if len(routed) == 1 else "are MoD blocks"} in the '
+                        f'checkpoint, dense in the model: a checkpoint of the MoD model?')
+    if not problems and set(expected) != set(state_dict):
+        missing, extra = natural(set(expected) - set(state_dict)), natural(set(state_dict) - set(expected))
+        problems.append(f'{len(missing)} weights missing ({", ".join(missing[:3])}), {len(extra)} unknown '
+                        f'({", ".join(extra[:3])})')
     if not problems:
         shapes = [k for k in expected if k in state_dict and expected[k].shape != state_dict[k].shape]
         if shapes:

@@ -19,7 +19,6 @@ import yaml
 from timm.data import resolve_data_config
 from timm.models import save_for_hf
 
-from ._builder import is_mod_model_name
 from ..layers import mod_blocks
 from ..utils.output import check_replaceable_folder, staged_output
 from ..utils.package_data import package_file
@@ -30,6 +29,7 @@ from .zoo import OUR_MODELS, PAPER_MODELS, measure
 __all__ = ['read_results', 'reconstruction_args', 'render_model_card', 'check_hub_access', 'publish']
 
 CARD_TEMPLATE = 'model_card.md'
+PLAIN_CARD_TEMPLATE = 'plain_model_card.md'  # a plain timm model: a teacher
 
 
 def read_results(path: Path) -> Dict[str, Any]:
@@ -74,12 +74,13 @@ def reconstruction_args(model: nn.Module, model_kwargs: Dict[str, Any]) -> Dict[
     the run's other model arguments and a non-default in_chans), nothing that config.json holds elsewhere
     (num_classes, global_pool) or that only training uses (drop rates): transformers' TimmWrapper passes
     num_classes itself beside `**model_args`."""
-    block = next(iter(mod_blocks(model).values()))
     args = {key: value for key, value in model_kwargs.items()
             if key not in ('num_classes', 'global_pool', 'pretrained') and 'drop' not in key}
-    args.update(c=block.c, fusion=block.fusion, routing=block.routing)
-    if block.selector is not None:
-        args['r'] = block.selector.r
+    block = next(iter(mod_blocks(model).values()), None)  # None: a plain timm model
+    if block is not None:
+        args.update(c=block.c, fusion=block.fusion, routing=block.routing)
+        if block.selector is not None:
+            args['r'] = block.selector.r
     in_chans = model.pretrained_cfg.get('input_size', (3,))[0]
     if in_chans != 3:
         args['in_chans'] = in_chans
@@ -117,14 +118,7 @@ def render_model_card(
         dataset: Optional[str],
 ) -> str:
     """ The Hub README.md: metadata header, architecture, the paper's row, this checkpoint's results."""
-    paper = PAPER_MODELS.get(model_name)
     params, macs = measure(model, input_size=model.pretrained_cfg['input_size'])
-    if paper:
-        paper_row = (f'| {paper.paper_name} | {paper.top1} | {paper.gmacs} | {paper.params} | {paper.cpu_ms} '
-                     f'| {paper.gpu_ms} |')
-    else:
-        origin = f"timm-mod's MoD version of timm's `{OUR_MODELS[model_name]}`" if model_name in OUR_MODELS else '-'
-        paper_row = f'| not in the paper: {origin} | - | - | - | - | - |'
     if results.get('top1') is not None:
         own = f"top-1 {float(results['top1']):.2f} %" + (
             f", top-5 {float(results['top5']):.2f} %" if results.get('top5') not in (None, '') else '')
@@ -132,24 +126,35 @@ def render_model_card(
         own = 'not measured: publish with `--results` (a validate.py results file) to record them'
     shown_args = {k: v for k, v in sorted(train_args.items()) if _is_plain(v) and k not in MACHINE_LOCAL_ARGS}
     args_yaml = yaml.safe_dump(shown_args, default_flow_style=None)
-    template = Template(package_file('hub_cards', CARD_TEMPLATE).read_text())
-    return template.substitute(
+    fields = dict(
         datasets_header=f'datasets:\n- {dataset}\n' if dataset else '',
         repo_name=repo_name,
         model_name=model_name,
-        paper_name=paper.paper_name if paper else model_name,
-        depths=','.join(str(len(list(stage.children()))) for stage in find_family(model).stages(model)),
         num_classes=model.num_classes,
         params_m=f'{params / 1e6:.2f}',
         gmacs=f'{macs / 1e9:.3f}',
         input_size='x'.join(map(str, model.pretrained_cfg['input_size'][1:])),
-        mod_blocks=_mod_stage_rows(model),
         model_args=json.dumps(model_kwargs, sort_keys=True),
-        paper_row=paper_row,
         own_results=own,
         results_source=results.get('source', '-'),
         train_command='python train.py -c args.yaml' if train_args else '# not recorded: a bare weight file',
         train_args_yaml=args_yaml.strip() if train_args else '# not recorded',
+    )
+    if not mod_blocks(model):
+        return Template(package_file('hub_cards', PLAIN_CARD_TEMPLATE).read_text()).substitute(fields)
+    paper = PAPER_MODELS.get(model_name)
+    if paper:
+        paper_row = (f'| {paper.paper_name} | {paper.top1} | {paper.gmacs} | {paper.params} | {paper.cpu_ms} '
+                     f'| {paper.gpu_ms} |')
+    else:
+        origin = f"timm-mod's MoD version of timm's `{OUR_MODELS[model_name]}`" if model_name in OUR_MODELS else '-'
+        paper_row = f'| not in the paper: {origin} | - | - | - | - | - |'
+    return Template(package_file('hub_cards', CARD_TEMPLATE).read_text()).substitute(
+        fields,
+        paper_name=paper.paper_name if paper else model_name,
+        depths=','.join(str(len(list(stage.children()))) for stage in find_family(model).stages(model)),
+        mod_blocks=_mod_stage_rows(model),
+        paper_row=paper_row,
     )
 
 
@@ -204,12 +209,11 @@ def publish(
     if out_dir is not None:
         out_dir = check_replaceable_folder(out_dir, overwrite, keep=(checkpoint_path, results_file, data_dir),
                                            option='--out-dir')
-    if not is_mod_model_name(model_name):
-        raise ValueError(
-            f'{model_name!r} is not a registered MoD model, and timm could not rebuild a to_mod-converted '
-            f'{model_name!r} from a Hub config; publish a registered *_mod model (`timm-mod list`).')
+    # a plain timm model (a teacher) is published as it is; weights of a to_mod-converted one do not fit it, and
+    # timm could not rebuild that from a Hub config
     model, checkpoint, model_kwargs = model_from_checkpoint(
-        model_name, checkpoint_path, num_classes=num_classes, model_kwargs=model_kwargs, use_ema=use_ema)
+        model_name, checkpoint_path, num_classes=num_classes, model_kwargs=model_kwargs, use_ema=use_ema,
+        convert_plain=False)
     recorded_data = checkpoint.train_args.get('data_dir') or checkpoint.train_args.get('data')
     if out_dir is not None and recorded_data:  # the data folder training read is never replaced either
         check_replaceable_folder(out_dir, overwrite, keep=(recorded_data,), option='--out-dir')
