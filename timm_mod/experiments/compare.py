@@ -336,7 +336,6 @@ def compare(
     check_outside_data(output_dir, data_dir, '--output-dir')
     legacy_sha = _legacy_recipe_sha(train_args, epochs)
     train_args = complete_train_args(train_args)
-    check_initial_checkpoint(train_args)
     specs = check_specs(specs, train_args['num_classes'], seeds)
     check_class_maps(data_dir, train_args['train_split'], train_args['val_split'], train_args['num_classes'])
     check_trainable_split(data_dir, train_args['train_split'], train_args['batch_size'])
