@@ -340,7 +340,7 @@ def _quantize(args: argparse.Namespace) -> None:
 
 def _selection(args: argparse.Namespace) -> None:
     from ..experiments.quickstart import DEFAULT_DATA_DIR
-    from ..experiments.selection import count_selections, summarize, write_selection
+    from ..experiments.selection import PROBE_IMAGES, count_selections, summarize, write_selection
     from ..utils.output import check_outside_data, check_output_folder
     from ..utils.tables import format_table
     check_output_folder(args.output)
@@ -355,6 +355,11 @@ def _selection(args: argparse.Namespace) -> None:
              f'{s.max_entropy_bits:.2f}', f'{s.class_overlap:.2f}') for s in summarize(selection)]
     header = ('block', 'C', 'k', 'ever selected', 'entropy (bits)', 'max entropy', 'class top-k overlap')
     print(format_table(header, rows))
+    states = [(name, f'{s.dead_units}/{s.hidden_units}', f'{s.score_spread:.4f}', f'{s.distinct_channels}/{s.channels}',
+               f'{s.weight_norm:.3f}') for name, s in selection.states.items()]
+    print(f'\nthe selectors on the first {PROBE_IMAGES} images (eval mode):')
+    print(format_table(('block', 'dead hidden units', 'score spread (max - min, mean)', 'channels routed',
+                        'weight norm'), states))
 
 
 def _cuda_available() -> bool:

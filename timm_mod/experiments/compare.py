@@ -548,11 +548,13 @@ def format_comparison(rows: Sequence[ComparisonRow], markdown: bool = False) -> 
 def write_comparison(rows: Sequence[ComparisonRow], output_dir: Path, results: Sequence[RunResult] = ()
                      ) -> List[Path]:
     """ compare.csv, compare.json and compare.png in `output_dir`: top-1 against MACs and against measured time,
-    and, given the runs' `results`, the held-out learning curve of each model's first seed."""
+    and, given the runs' `results`, the held-out learning curve of each model's first seed; with runs that recorded
+    their selectors, selectors.png: per MoD block and epoch, the score spread and the dead hidden units."""
     output_dir = Path(output_dir)
     written = write_records([asdict(r) for r in rows], output_dir, 'compare')
-    plot = _plot(rows, results, output_dir / 'compare.png')
-    return written + ([plot] if plot else [])
+    plots = [_plot(rows, results, output_dir / 'compare.png'),
+             _plot_selectors(rows, results, output_dir / 'selectors.png')]
+    return written + [plot for plot in plots if plot]
 
 
 def first_seed_curves(rows: Sequence[ComparisonRow], results: Sequence[RunResult]
@@ -596,5 +598,38 @@ def _plot(rows: Sequence[ComparisonRow], results: Sequence[RunResult], path: Pat
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle('accuracy against cost, one point per model; learning curves', fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _plot_selectors(rows: Sequence[ComparisonRow], results: Sequence[RunResult], path: Path) -> Optional[Path]:
+    """ Per MoD block (columns): each model's first-seed score spread (top) and share of dead hidden units
+    (bottom) over the epochs; None when no run recorded its selectors."""
+    records = {}
+    for row in rows:
+        runs = sorted((r for r in results if r.label == row.label), key=lambda r: r.seed)
+        points = [point for point in (runs[0].curve if runs else []) if point.get('selectors')]
+        if points:
+            records[row.label] = points
+    blocks = sorted({block for points in records.values() for point in points for block in point['selectors']})
+    plt = pyplot(path.name) if blocks else None
+    if plt is None:
+        return None
+    fig, axes = plt.subplots(2, len(blocks), figsize=(3.6 * len(blocks), 6), squeeze=False, sharex=True)
+    for column, block in enumerate(blocks):
+        for index, (label, points) in enumerate(records.items()):
+            epochs = [point['epoch'] for point in points if block in point['selectors']]
+            states = [point['selectors'][block] for point in points if block in point['selectors']]
+            style = dict(color=f'C{index % 10}', linewidth=1, label=label)
+            axes[0][column].plot(epochs, [state['score_spread'] for state in states], **style)
+            axes[1][column].plot(epochs, [state['dead_units'] / state['hidden_units'] for state in states], **style)
+        axes[0][column].set_title(block, fontsize=9)
+        axes[1][column].set_xlabel('epoch')
+    axes[0][0].set_ylabel('score spread per image\n(max - min, mean over images)')
+    axes[1][0].set_ylabel('dead hidden units (share)')
+    axes[0][0].legend(fontsize=7)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    fig.suptitle('the selectors after each epoch (first seed, on held-out images, eval mode)', fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -9,7 +9,7 @@ import csv
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -18,13 +18,14 @@ import torch
 import torch.nn as nn
 from timm.data import create_dataset, create_transform, resolve_data_config
 
-from ..layers import MoDBlock, routing_hooks, selector_blocks
+from ..layers import MoDBlock, routing_hooks, selector_blocks, top_k_channels
 from ..utils.image_folder import check_image_folder
 from ..utils.output import check_output_folder, staged_output
 from ..utils.tables import pyplot, save_figure
 
 __all__ = [
-    'SelectionCounts', 'BlockSummary', 'count_selections', 'summarize', 'write_selection',
+    'SelectionCounts', 'BlockSummary', 'SelectorState', 'count_selections', 'summarize', 'write_selection',
+    'selector_states',
 ]
 
 
@@ -35,6 +36,7 @@ class SelectionCounts:
     samples: torch.Tensor  # (num_classes,) samples seen per class
     counts: Dict[str, torch.Tensor]
     k: Dict[str, int]
+    states: Dict[str, 'SelectorState'] = field(default_factory=dict)  # on the first PROBE_IMAGES images
 
     def percent(self, block: str, class_index: Optional[int] = None) -> torch.Tensor:
         """ Share of the block's selections that went to each channel, in percent (all classes if None)."""
@@ -52,6 +54,68 @@ class BlockSummary:
     entropy_bits: float  # of the overall selection distribution; log2(k) if always the same k channels
     max_entropy_bits: float  # log2(channels): every channel equally often
     class_overlap: float  # mean Jaccard overlap of the per-class top-k channel sets, over class pairs
+
+
+@dataclass(frozen=True)
+class SelectorState:
+    """ What one selector does on a batch, in eval mode: whether it still scores the channels apart.
+
+    A hidden ReLU unit is dead when its input is <= 0 for every image (it passes nothing and gets no gradient);
+    the spread is, per image, the highest channel score minus the lowest, averaged over the images (0: every
+    channel scored alike, so top-k is the tie rule); `distinct_channels` is how many channels some image routes.
+    The norms are of both layers' weights together, the gradient's as left by the last training step (None in a
+    model that has not taken one).
+    """
+    hidden_units: int
+    dead_units: int
+    score_spread: float
+    distinct_channels: int
+    k: int
+    channels: int
+    weight_norm: float
+    grad_norm: Optional[float]
+
+
+PROBE_IMAGES = 256  # images a selector's state is measured on
+
+
+def selector_states(model: nn.Module, images: torch.Tensor) -> Dict[str, SelectorState]:
+    """ The state of every selector of `model` on `images` (forward hooks, in eval mode, no gradient; the model's
+    training mode is put back afterwards)."""
+    blocks = selector_blocks(model)
+    hidden: Dict[str, torch.Tensor] = {}
+    scores: Dict[str, torch.Tensor] = {}
+
+    def keep(store: Dict[str, torch.Tensor], name: str):
+        def hook(_module: nn.Module, _inputs, output: torch.Tensor) -> None:
+            store[name] = output.detach().clone()  # the ReLU after fc1 works in place
+        return hook
+
+    handles = [hook for name, block in blocks.items() for hook in (
+        block.selector.fc1.register_forward_hook(keep(hidden, name)),
+        block.selector.register_forward_hook(keep(scores, name)))]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(images)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    states = {}
+    for name, block in blocks.items():
+        weights = [block.selector.fc1.weight, block.selector.fc2.weight]
+        grads = [w.grad for w in weights if w.grad is not None]
+        states[name] = SelectorState(
+            hidden_units=hidden[name].shape[1],
+            dead_units=int((hidden[name] <= 0).all(0).sum()),
+            score_spread=float((scores[name].amax(1) - scores[name].amin(1)).mean()),
+            distinct_channels=int(top_k_channels(scores[name], block.k)[1].unique().numel()),
+            k=block.k,
+            channels=block.in_channels,
+            weight_norm=float(torch.cat([w.detach().flatten() for w in weights]).norm()),
+            grad_norm=float(torch.cat([g.flatten() for g in grads]).norm()) if len(grads) == len(weights) else None)
+    return states
 
 
 def _selector_blocks(model: nn.Module) -> Dict[str, MoDBlock]:
@@ -101,6 +165,7 @@ def count_selections(
         name: torch.zeros(len(class_names), block.in_channels, dtype=torch.long) for name, block in blocks.items()}
     samples = torch.zeros(len(class_names), dtype=torch.long)
     batch_targets: List[torch.Tensor] = []  # the classes of the batch being run, for the hooks
+    probe: List[torch.Tensor] = []  # the first PROBE_IMAGES images, for the selectors' state
 
     def record(name: str, routed: torch.Tensor) -> None:
         chosen = routed.new_zeros(routed.shape[0], blocks[name].in_channels).scatter_(1, routed, 1)
@@ -112,13 +177,16 @@ def count_selections(
             for batch_index, (images, targets) in enumerate(loader):
                 batch_targets[:] = [targets]
                 model(images)
+                if sum(len(batch) for batch in probe) < PROBE_IMAGES:
+                    probe.append(images)
                 samples += torch.bincount(targets, minlength=len(class_names))
                 if progress:
                     print(f'\rselection: batch {batch_index + 1}/{len(loader)}', end='', file=sys.stderr, flush=True)
     finally:
         if progress:
             print(file=sys.stderr)
-    return SelectionCounts(class_names, samples, counts, {name: block.k for name, block in blocks.items()})
+    states = selector_states(model, torch.cat(probe)[:PROBE_IMAGES]) if probe else {}
+    return SelectionCounts(class_names, samples, counts, {name: block.k for name, block in blocks.items()}, states)
 
 
 def summarize(selection: SelectionCounts, top: Optional[int] = None) -> List[BlockSummary]:
@@ -162,6 +230,7 @@ def write_selection(
                           'percent_all_classes': selection.percent(name).tolist()}
                    for name, counts in selection.counts.items()},
         'summary': [s.__dict__ for s in summarize(selection)],
+        'selector_states': {name: asdict(state) for name, state in selection.states.items()},
     }
     with staged_output(output / 'selection.json') as staging:
         staging.write_text(json.dumps(report, indent=1))

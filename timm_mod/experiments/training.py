@@ -34,12 +34,14 @@ from timm.task import LogitDistillationTask
 from timm.utils import AverageMeter, CheckpointSaver, accuracy, random_seed
 
 from ..models import is_mod_model_name, measure, require_registered
+from ..layers import selector_blocks
 from ..models.checkpoint import infer_num_classes, load_checkpoint_file
 from ..utils.image_folder import check_class_maps, split_fingerprint
 from ..utils.in_memory_data import (
     DATA_PATHS, InMemorySplit, eval_batches, eval_split, in_memory_unsupported, train_batches)
 from ..utils.output import stop_if_terminated
 from .recipe import check_initial_checkpoint, complete_train_args
+from .selection import PROBE_IMAGES, selector_states
 
 __all__ = [
     'RunResult', 'run_label', 'train_and_evaluate', 'num_classes_kwargs', 'check_trainable_split',
@@ -129,6 +131,16 @@ def _data_path(resolved: str, cfg: argparse.Namespace, data_dir: Path, class_map
         **loader_kwargs)
     return (lambda seed: _channels_last_batches(loader_train, cfg.channels_last),
             lambda: _channels_last_batches(loader_eval, cfg.channels_last))
+
+
+def _first_images(batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], count: int) -> torch.Tensor:
+    """ The first `count` images of the held-out batches (fewer if the split is smaller)."""
+    images = []
+    for batch, _ in batches:
+        images.append(batch)
+        if sum(len(b) for b in images) >= count:
+            break
+    return torch.cat(images)[:count]
 
 
 def _channels_last_batches(batches: Iterable, channels_last: bool) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
@@ -316,6 +328,7 @@ def train_and_evaluate(
     if progress and cfg.data_path == 'loader' and data_path == 'auto':
         print(f'{progress_prefix}timm\'s loader: {reason}', file=sys.stderr, flush=True)
     train_epoch, evaluate = _data_path(cfg.data_path, cfg, data_dir, class_map, data_config)
+    probe = _first_images(evaluate(), PROBE_IMAGES) if selector_blocks(model) else None
 
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -368,6 +381,8 @@ def train_and_evaluate(
             top1, eval_seconds = _evaluate(model, evaluate(), autocast), time.perf_counter() - start - epoch_seconds
         cfg.curve.append(dict(epoch=epoch + 1, train_loss=losses.avg, top1=top1, train_seconds=epoch_seconds,
                               data_seconds=data_seconds, eval_seconds=eval_seconds))
+        if probe is not None:  # whether the selectors still tell channels apart, after this epoch's last step
+            cfg.curve[-1]['selectors'] = {name: asdict(state) for name, state in selector_states(model, probe).items()}
         _save_checkpoint(saver, epoch, top1)  # the curve travels in the checkpoint's args, so a resumed run keeps it
         if progress:
             held_out = '' if top1 is None else f'  held-out top-1 {top1:.2f}'
