@@ -109,7 +109,10 @@ def test_command_on_quickstart_data_and_mismatched_checkpoint(tmp_path: Path) ->
         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.splitlines()[0].split()[:3] == ['block', 'C', 'k']
-    assert [line.split()[0] for line in run.stdout.splitlines()[1:]] == ['layer1.1', 'layer2.1', 'layer3.1', 'layer4.1']
+    counts, states = run.stdout.split('\n\n')
+    assert [line.split()[0] for line in counts.splitlines()[1:]] == ['layer1.1', 'layer2.1', 'layer3.1', 'layer4.1']
+    assert states.splitlines()[0] == 'the selectors on the first 256 images (eval mode):'
+    assert [line.split()[0] for line in states.splitlines()[2:]] == ['layer1.1', 'layer2.1', 'layer3.1', 'layer4.1']
     assert (tmp_path / 'out' / 'selection_layer3_1.png').read_bytes()[:4] == b'\x89PNG'
 
     other = tmp_path / 'other.pth.tar'
