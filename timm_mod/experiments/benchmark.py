@@ -28,8 +28,8 @@ from ..utils.timing import time_side_by_side
 
 __all__ = [
     'MODES', 'BenchSetting', 'settings_grid', 'check_device', 'BenchRow', 'device_name', 'identity_bound', 'make_step',
-    'benchmark_input', 'calibration_batches', 'runtime_parity', 'run_benchmark', 'BENCH_COLUMNS', 'bench_columns',
-    'bench_table_rows', 'write_results',
+    'benchmark_input', 'calibration_batches', 'runtime_parity', 'runtime_export', 'run_benchmark', 'BENCH_COLUMNS',
+    'bench_columns', 'bench_table_rows', 'write_results',
 ]
 
 
@@ -49,7 +49,7 @@ class BenchSetting:
     channels_last: bool = False
     bf16: bool = False
     device: str = 'cpu'
-    int8: bool = False  # runtime modes: the exports quantized to int8 (`timm_mod.deploy.quantize_int8`)
+    int8: bool = False  # runtime modes: the exports quantized to int8 (`timm_mod.utils.runtimes.quantize_int8`)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -204,11 +204,11 @@ def _runtime_forward(model: nn.Module, setting: BenchSetting, onnx_path: Optiona
                      ) -> Callable[[np.ndarray], np.ndarray]:
     if onnx_path is None:
         raise ValueError(f'--mode {setting.mode} runs an ONNX export: give make_step an onnx_path to export to.')
-    return runtime_session(_runtime_export(model, setting, Path(onnx_path)), setting.mode, setting.threads,
+    return runtime_session(runtime_export(model, setting, Path(onnx_path)), setting.mode, setting.threads,
                            bf16=setting.bf16)
 
 
-def _runtime_export(model: nn.Module, setting: BenchSetting, onnx_path: Path) -> Path:
+def runtime_export(model: nn.Module, setting: BenchSetting, onnx_path: Path) -> Path:
     """ The model exported at `onnx_path` for the setting's batch (once), and its int8 version beside it for --int8."""
     if not onnx_path.exists():
         export_onnx(model, onnx_path, tuple(benchmark_input(setting).shape))

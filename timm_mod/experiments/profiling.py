@@ -16,7 +16,7 @@ from ..utils.output import scratch_folder
 from ..utils.runtimes import RUNTIMES, runtime_operator_times
 from ..utils.tables import format_table
 from ..utils.timing import cpu_threads
-from .benchmark import BenchSetting, _runtime_export, benchmark_input, identity_bound, make_step
+from .benchmark import BenchSetting, benchmark_input, identity_bound, make_step, runtime_export
 
 __all__ = [
     'MoDTimeShare', 'check_time_share_setting', 'mod_time_share', 'time_shares', 'format_time_share', 'OperatorGap',
@@ -133,7 +133,7 @@ def profile_gap(model_name: str, setting: BenchSetting, steps: int = 3, top: int
     if setting.mode in RUNTIMES:
         x = benchmark_input(setting).numpy()
         with scratch_folder('timm-mod-profile') as export_dir:
-            per_step = {name: runtime_operator_times(_runtime_export(model, setting, Path(export_dir) / f'{name}.onnx'),
+            per_step = {name: runtime_operator_times(runtime_export(model, setting, Path(export_dir) / f'{name}.onnx'),
                                                      setting.mode, setting.threads, x, steps)
                         for name, model in models.items()}
     else:

@@ -1,6 +1,6 @@
 """ MoD models in the runtimes CPU deployments use: ONNX export, onnxruntime and OpenVINO sessions.
 
-The exported MoD block is the graph the adapter writes for exporters (`timm_mod.mod.fuse_channels`): one TopK
+The exported MoD block is the graph the adapter writes for exporters (`timm_mod.layers.fusion.fuse_channels`): one TopK
 on the selector scores, one Gather of whole channel planes, and the fusion as an add of a 1x1 convolution with a
 constant one-hot weight, which both runtimes fuse and run in their own layout; no transposes.
 `timm-mod benchmark --mode onnxruntime openvino` times these sessions side by side, `--int8` their int8 versions
