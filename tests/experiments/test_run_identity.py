@@ -231,10 +231,13 @@ def test_cooldown_epochs_are_said_when_training_starts(image_folder: Path, tmp_p
     assert "[run] training 2 epochs: 1 and the arg file's 1 cooldown epochs" in capsys.readouterr().err
 
 
-def test_an_arg_file_naming_a_teacher_is_refused_rather_than_trained_without_it(
+def test_a_distillation_compare_cannot_do_is_refused_rather_than_trained_without_the_teacher(
         image_folder: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match='sets kd_model_name, which timm-mod compare does not implement'):
-        compare([ModelSpec('resnet18')], dict(TINY_RECIPE, kd_model_name='resnet34'), image_folder, tmp_path)
+    """ compare distils logits (test_distillation.py); train.py's feature and token distillation it refuses."""
+    with pytest.raises(ValueError, match='sets kd_distill_type, which timm-mod compare does not implement'):
+        compare([ModelSpec('resnet18')], dict(TINY_RECIPE, kd_model_name='resnet34', kd_distill_type='feature'),
+                image_folder, tmp_path / 'out')
+    assert not (tmp_path / 'out').exists()
 
 
 def test_quickstart_says_it_takes_a_mod_model(tmp_path: Path) -> None:
