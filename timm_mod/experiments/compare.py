@@ -29,7 +29,7 @@ from ..utils.output import (
 from ..utils.tables import format_table, pyplot, save_figure, write_records
 from ..utils.timing import time_side_by_side
 from .benchmark import BenchSetting, make_step
-from .recipe import check_initial_checkpoint, complete_train_args
+from .recipe import TRAIN_PY_DEFAULTS, check_initial_checkpoint, complete_train_args
 from .training import (
     RunResult, check_initial_weights, check_trainable_split, load_teacher, num_classes_kwargs,
     read_resumable_checkpoint, run_label, train_and_evaluate)
@@ -227,11 +227,15 @@ class ComparisonRow:
     speed_setting: str = ''  # what the times were measured on: 'CPU, batch 128 of 3x32x32, 1 thread'
 
 
+def _recipe_sha256(recipe: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
 def _legacy_recipe_sha(train_args: Dict[str, Any], epochs: Optional[int]) -> str:
-    """ How timm-mod 0.3 hashed a study's recipe (the arg file as given), to adopt the studies it started."""
-    recipe = dict(train_args, epochs=train_args.get('epochs', 300) if epochs is None else epochs)
-    recipe.pop('seed', None)
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+    """ How timm-mod 0.3 hashed a study's recipe: the arg file as given, not completed, to adopt the studies it
+    started."""
+    return _recipe_sha256(recorded_recipe(train_args, train_args.get('epochs', TRAIN_PY_DEFAULTS['epochs'])
+                                          if epochs is None else epochs))
 
 
 def recorded_recipe(train_args: Dict[str, Any], epochs: Optional[int] = None) -> Dict[str, Any]:
@@ -246,7 +250,7 @@ def study_record(train_args: Dict[str, Any], data_dir: Path, epochs: Optional[in
     """ What one study is: its completed recipe (train.py's defaults filled in, so that a default written out is
     the same recipe), its data folder and the fingerprints of both splits."""
     recipe = recorded_recipe(train_args, epochs)
-    return dict(recipe=recipe, recipe_sha256=hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest(),
+    return dict(recipe=recipe, recipe_sha256=_recipe_sha256(recipe),
                 data_dir=str(Path(data_dir).expanduser().resolve()),
                 data={split: split_fingerprint(data_dir, train_args[f'{split}_split']) for split in ('train', 'val')})
 
@@ -339,15 +343,15 @@ def compare(
     specs = check_specs(specs, train_args['num_classes'], seeds)
     check_class_maps(data_dir, train_args['train_split'], train_args['val_split'], train_args['num_classes'])
     check_trainable_split(data_dir, train_args['train_split'], train_args['batch_size'])
-    teachers: Dict[str, str] = {}
+    teachers_checked = set()
     for spec in specs:
         arm_args = complete_train_args(dict(train_args, **spec.train_options), source=spec.label)
         check_initial_checkpoint(arm_args)
         check_initial_weights(spec.model_name, spec.kwargs, arm_args)
         teacher = arm_args['kd_model_name']
-        if teacher and teacher not in teachers:  # loaded once here, so that a wrong one fails before any training
+        if teacher and teacher not in teachers_checked:  # loaded here, so that a wrong one fails before any training
             load_teacher(teacher, arm_args['num_classes'])
-            teachers[teacher] = teacher
+            teachers_checked.add(teacher)
     record = study_record(train_args, data_dir, epochs)
     output_dir = check_writable_folder(output_dir)
     with exclusive_folder(output_dir, 'compare'):
@@ -411,9 +415,11 @@ def _check_runs(specs: Sequence[ModelSpec], seeds: Sequence[int], output_dir: Pa
     order = sorted(((spec, seed, rank, index) for index, spec in enumerate(specs)
                     for rank, seed in enumerate(spec.seeds if spec.seeds is not None else seeds)),
                    key=lambda run: (run[2], run[3]))
+    identities = {spec.folder_name: run_identity(spec, 0, study) for spec in specs}  # reads the files an arm names once
     runs = []
     for spec, seed, _, _ in order:
-        run = _Run(spec, seed, output_dir / spec.folder_name / f'seed{seed}', run_identity(spec, seed, study))
+        run = _Run(spec, seed, output_dir / spec.folder_name / f'seed{seed}',
+                   dict(identities[spec.folder_name], seed=seed))
         holds_run = (run.run_dir / RESULT_FILE).exists() or (run.run_dir / 'last.pth.tar').exists()
         recorded = _recorded_identity(run.run_dir)
         if holds_run and recorded is None and legacy:  # a run of the adopted 0.3 study: its identity is this one

@@ -206,17 +206,15 @@ def publish(
     if (out_dir is None) == (repo_id is None):
         raise ValueError('Give exactly one of --out-dir (a local folder) or --repo-id (push to the Hub).')
     token = check_hub_access(repo_id) if repo_id else None
-    if out_dir is not None:
-        out_dir = check_replaceable_folder(out_dir, overwrite, keep=(checkpoint_path, results_file, data_dir),
-                                           option='--out-dir')
     # a plain timm model (a teacher) is published as it is; weights of a to_mod-converted one do not fit it, and
     # timm could not rebuild that from a Hub config
     model, checkpoint, model_kwargs = model_from_checkpoint(
         model_name, checkpoint_path, num_classes=num_classes, model_kwargs=model_kwargs, use_ema=use_ema,
         convert_plain=False)
     recorded_data = checkpoint.train_args.get('data_dir') or checkpoint.train_args.get('data')
-    if out_dir is not None and recorded_data:  # the data folder training read is never replaced either
-        check_replaceable_folder(out_dir, overwrite, keep=(recorded_data,), option='--out-dir')
+    if out_dir is not None:  # never over what publish reads, nor the data folder training read
+        out_dir = check_replaceable_folder(out_dir, overwrite, option='--out-dir',
+                                           keep=(checkpoint_path, results_file, data_dir, recorded_data))
 
     if results_file is not None:
         results = dict(read_results(results_file), source=f'validate.py results file `{Path(results_file).name}`')
