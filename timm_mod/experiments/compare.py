@@ -588,23 +588,29 @@ def _plot(rows: Sequence[ComparisonRow], results: Sequence[RunResult], path: Pat
     fig, axes = plt.subplots(1, columns, figsize=(5.5 * columns, 4.5), squeeze=False)
     colours = {row.label: f'C{index % 10}' for index, row in enumerate(rows)}
     for ax, (attribute, xlabel) in zip(axes[0], panels):
-        for row in rows:
+        for number, row in enumerate(rows, 1):
             x = getattr(row, attribute)
-            ax.errorbar(x, row.top1_mean, yerr=row.top1_std, fmt='o', capsize=3, color=colours[row.label])
-            ax.annotate(row.label, (x, row.top1_mean), textcoords='offset points', xytext=(4, 4), fontsize=7)
+            ax.errorbar(x, row.top1_mean, yerr=row.top1_std, fmt='o', capsize=3, color=colours[row.label],
+                        label=f'{number}  {row.label}')
+            ax.annotate(str(number), (x, row.top1_mean), textcoords='offset points', xytext=(4, 4), fontsize=7)
         ax.set_xlabel(xlabel)
         ax.set_ylabel('held-out top-1 (%), mean +- std over seeds')
         ax.grid(alpha=0.3)
     if curves:
         ax = axes[0][-1]
         for label, points in curves.items():
-            ax.plot(*zip(*points), label=label, color=colours[label], linewidth=1)
+            ax.plot(*zip(*points), color=colours[label], linewidth=1)
         ax.set_xlabel('epoch')
         ax.set_ylabel('held-out top-1 (%), first seed')
-        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.suptitle('accuracy against cost, one point per model; learning curves', fontsize=10)
-    fig.tight_layout()
+    fig.suptitle('accuracy against cost, one point per model (numbered below); learning curves', fontsize=10)
+    return _save_with_legend_below(fig, axes[0][0], len(rows), path)
+
+
+def _save_with_legend_below(fig: Any, ax: Any, entries: int, path: Path) -> Path:
+    """ The figure with `ax`'s legend below its panels: labels of arms that name files are wider than a panel."""
+    fig.legend(*ax.get_legend_handles_labels(), loc='lower center', fontsize=7)
+    fig.tight_layout(rect=(0, 0.035 * entries + 0.02, 1, 1))
     return save_figure(fig, path)
 
 
@@ -633,9 +639,9 @@ def _plot_selectors(rows: Sequence[ComparisonRow], results: Sequence[RunResult],
         axes[1][column].set_xlabel('epoch')
     axes[0][0].set_ylabel('score spread per image\n(max - min, mean over images)')
     axes[1][0].set_ylabel('dead hidden units (share)')
-    axes[0][0].legend(fontsize=7)
+    for ax in axes[1]:
+        ax.set_ylim(-0.03, 1.03)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     fig.suptitle('the selectors after each epoch (first seed, on held-out images, eval mode)', fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return _save_with_legend_below(fig, axes[0][0], len(records), path)
