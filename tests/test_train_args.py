@@ -24,7 +24,7 @@ def parse_like_train_py(path: Path) -> argparse.Namespace:
 def test_there_are_recipes_and_a_quickstart() -> None:
     assert {p.name for p in TRAIN_ARGS} == {
         'quickstart.yaml', 'resnet_mod_imagenet.yaml', 'mobilenetv2_mod_imagenet.yaml', 'finetune_from_plain.yaml',
-        'cifar10.yaml', 'cifar10_finetune.yaml', 'cifar10_distill.yaml'}
+        'cifar10.yaml', 'cifar10_finetune.yaml', 'cifar10_distill.yaml', 'imagenet_distill.yaml'}
     assert quickstart_args_file().read_text() == (ROOT / 'train_args' / 'quickstart.yaml').read_text()
 
 
@@ -93,3 +93,27 @@ def test_cifar10_finetune_keeps_the_studys_data_for_a_quarter_of_its_epochs_from
     header = (ROOT / 'train_args' / 'cifar10_finetune.yaml').read_text()
     assert 'timm-mod convert --model resnet18_mod --checkpoint output/cifar10_study/resnet18/seed0/' in header
     assert f"--output {finetune['initial_checkpoint']}" in header, 'the header writes the file the recipe starts from'
+
+
+def test_imagenet_distillation_scales_the_cifar10_fine_tune_and_keeps_the_teachers_data() -> None:
+    """ resnet50_mod from timm's resnet50.a1_in1k, distilled from it: the teacher's own preprocessing (timm's
+    pretrained cfg), the student's plain counterpart as teacher, and the CIFAR-10 fine-tune's share of the
+    from-scratch epochs and learning rate applied to the paper's ImageNet recipe."""
+    import timm
+    from timm_mod.models.checkpoint import plain_counterpart
+    args = load_train_args(ROOT / 'train_args' / 'imagenet_distill.yaml')
+    teacher = timm.models.get_pretrained_cfg(args['kd_model_name'])
+    default_weights = timm.models.get_pretrained_cfg(plain_counterpart(args['model'])).hf_hub_id
+    assert default_weights == f"timm/{args['kd_model_name']}", 'what `timm-mod convert --pretrained` loads'
+    expect(args, input_size=list(teacher.input_size), crop_pct=teacher.crop_pct, interpolation=teacher.interpolation,
+           train_interpolation=teacher.interpolation, num_classes=teacher.num_classes)
+    paper = load_train_args(ROOT / 'train_args' / 'resnet_mod_imagenet.yaml')
+    cifar_scratch = load_train_args(ROOT / 'train_args' / 'cifar10.yaml')
+    cifar_finetune = load_train_args(ROOT / 'train_args' / 'cifar10_distill.yaml')
+
+    def total(a: Dict[str, Any]) -> int:
+        return a['epochs'] + a.get('cooldown_epochs', 0)
+    assert total(args) / total(paper) == pytest.approx(total(cifar_finetune) / total(cifar_scratch), abs=0.02)
+    assert args['lr'] / paper['lr'] == pytest.approx(cifar_finetune['lr'] / cifar_scratch['lr'])
+    assert 'timm-mod convert --model resnet50_mod --pretrained --output ' + args['initial_checkpoint'] in (
+        ROOT / 'train_args' / 'imagenet_distill.yaml').read_text()

@@ -5,7 +5,8 @@ converted resnet18_mod.
 Torch-Pruning is this study's requirement, never the package's (`pip install -r
 docs/distillation_study/requirements.txt`). The pruner is the one its CIFAR ResNet benchmarks use without a
 sparsity-training stage (which would add epochs the MoD arms do not get): group L2-norm importance over DepGraph's
-coupled channel groups, global ranking, 2,000 small steps (finer than its benchmark's 400, to land close to the target) until the MACs reach the target.
+coupled channel groups, ranked globally, pruned in small steps (2,000 to a ratio of 1, finer than its benchmark's
+400, to land close to the target) until the MACs reach resnet18_mod's.
 
 The pruned network is registered with timm as `resnet18_pruned`, so that compare trains it like any timm model:
 it is rebuilt by pruning the teacher again (magnitude pruning is deterministic), and the arm's
