@@ -284,8 +284,14 @@ def test_a_second_compare_on_the_same_folder_is_refused_while_the_first_runs(
     deadline = time.monotonic() + 120
     while not (tmp_path / 'study' / 'study.json').exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    second = subprocess.run([str(CONSOLE_SCRIPT), 'compare', *common], capture_output=True, text=True, timeout=120)
-    first.send_signal(signal.SIGTERM)
+    assert first.poll() is None, 'the first compare must still be running'
+    first.send_signal(signal.SIGSTOP)  # it holds the folder, however long the second takes to start on a busy machine
+    try:
+        second = subprocess.run([str(CONSOLE_SCRIPT), 'compare', *common], capture_output=True, text=True,
+                                timeout=120)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.send_signal(signal.SIGCONT)
     first.communicate(timeout=120)
     assert second.returncode != 0
     assert 'Another timm-mod compare is running in' in second.stderr and 'Traceback' not in second.stderr, \

@@ -317,3 +317,23 @@ def test_to_mod_with_the_original_positions_fusion_is_the_registered_models_kwar
     with torch.no_grad():
         torch.testing.assert_close(converted(x), registered(x), rtol=0, atol=0)
         assert not torch.allclose(first_k(x), registered(x)), 'the fusion changes the output'
+
+
+@pytest.mark.parametrize('plain_name, name', [('resnet18', 'resnet18_mod'), ('mobilenetv2_100', 'mobilenetv2_mod'),
+                                              ('convnext_atto', None), ('regnetx_002', None)])
+def test_every_entry_point_gives_every_block_the_same_mod_arguments(plain_name: str, name: str) -> None:
+    """ The MoD arguments have one definition (`ModArgs`): the registered model, `to_mod` and `create_mod_model`
+    hand the same ones, and only those, to every MoD block, and leave timm's own arguments to timm."""
+    from timm_mod.layers import ModArgs
+    from timm_mod.models import create_mod_model
+    wanted = ModArgs(c=4, r=8, fusion='last', routing='learned')
+    builds = [lambda: to_mod(timm.create_model(plain_name, num_classes=7, device='meta'), c=4, r=8, fusion='last'),
+              lambda: create_mod_model(plain_name, num_classes=7, device='meta', c=4, r=8, fusion='last')]
+    if name is not None:
+        builds.append(lambda: timm.create_model(name, num_classes=7, device='meta', c=4, r=8, fusion='last'))
+    for build in builds:
+        model = build()
+        blocks = [m for m in model.modules() if isinstance(m, MoDBlock)]
+        assert blocks and {block.args for block in blocks} == {wanted}
+        assert all(block.selector.fc1.out_features == max(1, block.in_channels // 8) for block in blocks)
+        assert model.num_classes == 7

@@ -24,7 +24,16 @@ from timm.layers import register_notrace_function
 
 from .routing import is_exporting
 
-__all__ = ['fuse_channels', 'fuse_at_indices']
+__all__ = ['FUSION_TARGETS', 'check_fusion', 'fuse', 'fuse_channels', 'fuse_at_indices']
+
+FUSION_TARGETS = ('first', 'last', 'original')
+""" Where a MoD block adds its processed channels: the first k channels (the paper's MoD), the last k (MoD-lk), or
+the channels they were gathered from (Table 10's comparison, which the paper finds worse at every c)."""
+
+
+def check_fusion(fusion: str) -> None:
+    if fusion not in FUSION_TARGETS:
+        raise ValueError(f'Unknown MoD fusion {fusion!r}; choose one of {FUSION_TARGETS}.')
 
 
 def _fixed_size(x: torch.Tensor, dim: int) -> int:
@@ -101,3 +110,18 @@ def fuse_at_indices(
         selected, update, scores.view(scores.shape[0], update.shape[1], 1, 1).to(x.dtype))
     samples = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(indices)
     return x.index_put((samples, indices), fused)
+
+
+def fuse(
+        fusion: str,
+        x: torch.Tensor,
+        selected: torch.Tensor,
+        update: torch.Tensor,
+        indices: torch.Tensor,
+        scores: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """ The block's output for its `fusion` target (`FUSION_TARGETS`): `x` with `scores * update` added where
+    that target puts it; `selected` is `x` gathered at `indices`."""
+    if fusion == 'original':
+        return fuse_at_indices(x, selected, update, indices, scores)
+    return fuse_channels(x, update, scores, fusion == 'last')

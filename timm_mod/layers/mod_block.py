@@ -8,33 +8,64 @@ TorchScript, FX, `torch.compile(fullgraph=True)`, `torch.export` and ONNX all se
 nothing about model families: `timm_mod.models` declares where MoD goes and builds the slim blocks.
 """
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from .fusion import fuse_at_indices, fuse_channels
-from .routing import fixed_channel_indices, gather_channels, random_channel_indices, top_k_channels
+from .fusion import FUSION_TARGETS, check_fusion, fuse
+from .routing import (
+    ROUTING_MODES, check_routing, fixed_channel_indices, gather_channels, random_channel_indices, top_k_channels)
 from .selector import ChannelSelector, require_positive_int
 
 __all__ = [
-    'FUSION_TARGETS', 'ROUTING_MODES', 'MoDBlock', 'check_mod_options', 'mod_width', 'mod_blocks', 'has_mod_blocks',
-    'selector_blocks', 'routing_hooks',
+    'FUSION_TARGETS', 'ROUTING_MODES', 'ModArgs', 'MoDBlock', 'check_mod_options', 'mod_width', 'mod_blocks',
+    'has_mod_blocks', 'selector_blocks', 'routing_hooks',
 ]
 
-FUSION_TARGETS = ('first', 'last', 'original')
 
-ROUTING_MODES = ('learned', 'random')
+@dataclass(frozen=True)
+class ModArgs:
+    """ The arguments of a MoD block, checked once, here. The registered models, `to_mod` and `create_mod_model`
+    take them as keyword arguments (`timm.create_model('resnet18_mod', c=16, routing='random')`).
+
+    Attributes:
+        c: Channel divisor: the block processes k = C // c of its C channels (the paper's c, 64 for ResNets).
+        r: Reduction of the selector's hidden layer, C // r units (16 in the paper).
+        fusion: Where the processed channels are added (`FUSION_TARGETS`): 'first' k channels (the paper's MoD),
+            'last' k (MoD-lk), or 'original', back where they were gathered from (Table 10).
+        routing: How the k channels are picked (`ROUTING_MODES`): 'learned' by the selector, or 'random'
+            (no selector, scores fixed at 1; the paper's "MoD rand.").
+    """
+    c: int
+    r: int = 16
+    fusion: str = 'first'
+    routing: str = 'learned'
+
+    def __post_init__(self) -> None:
+        require_positive_int(self.c, 'channel divisor', 'c')
+        require_positive_int(self.r, 'selector reduction', 'r')
+        check_fusion(self.fusion)
+        check_routing(self.routing)
+
+    @classmethod
+    def pop_from(cls, kwargs: Dict[str, Any], **defaults: Any) -> 'ModArgs':
+        """ The MoD arguments taken out of a model's `kwargs` (the rest stays for timm), over `defaults`."""
+        given = {field.name: kwargs.pop(field.name) for field in fields(cls) if field.name in kwargs}
+        return cls(**dict(defaults, **given))
+
+    def as_kwargs(self) -> Dict[str, Any]:
+        """ The arguments as `to_mod` and the registered models take them; the selector's only where one exists."""
+        kwargs = asdict(self)
+        if self.routing != 'learned':
+            del kwargs['r']
+        return kwargs
 
 
 def check_mod_options(c: int, r: int = 16, fusion: str = 'first', routing: str = 'learned') -> None:
     """ A clear ValueError naming a bad MoD argument and its choices, before any block is built."""
-    require_positive_int(c, 'channel divisor', 'c')
-    require_positive_int(r, 'selector reduction', 'r')
-    if fusion not in FUSION_TARGETS:
-        raise ValueError(f'Unknown MoD fusion {fusion!r}; choose one of {FUSION_TARGETS}.')
-    if routing not in ROUTING_MODES:
-        raise ValueError(f'Unknown MoD routing {routing!r}; choose one of {ROUTING_MODES}.')
+    ModArgs(c, r, fusion, routing)
 
 
 def mod_width(channels: int, c: int) -> int:
@@ -59,42 +90,32 @@ class MoDBlock(nn.Module):
             self,
             in_channels: int,
             make_block: Callable[[int], nn.Module],
-            c: int,
-            r: int = 16,
-            fusion: str = 'first',
-            routing: str = 'learned',
+            c: Union[int, ModArgs],
             drop_path: Optional[nn.Module] = None,
             device=None,
             dtype=None,
+            **mod_args: Any,
     ) -> None:
         """
         Args:
             in_channels: Channels C of the feature map (MoD blocks keep C in and out).
             make_block: Builds the slim block for width k; it must map k channels to k channels.
-            c: Channel divisor, the block processes k = C // c channels.
-            r: Reduction of the channel selector's hidden layer.
-            fusion: 'first' adds the processed channels to the first k channels (the paper's MoD),
-                'last' to the last k (the paper's MoD-lk variant), 'original' back to the channels they were
-                gathered from (Table 10's comparison, which the paper finds worse at every c).
-            routing: 'learned' scores channels with a selector; 'random' draws k channels uniformly per
-                sample with scores fixed at 1 and has no selector (the paper's "MoD50 rand."). In eval
-                mode it processes one fixed random set of k channels (`eval_channels`, drawn at init
-                and kept in the state dict), so a sample's output never depends on its batch, the
-                runtime or `torch.compile`.
+            c: The block's `ModArgs`, or the channel divisor c with the other MoD arguments as `mod_args`.
             drop_path: Stochastic depth on the block's update; the slim block gets none of its own, so
                 a drop removes the whole MoD contribution as it would remove a dense block's.
         """
         super().__init__()
-        check_mod_options(c, r, fusion, routing)
+        self.args = c if isinstance(c, ModArgs) else ModArgs(c, **mod_args)
         self.in_channels = in_channels
-        self.c = c
-        self.k = mod_width(in_channels, c)
-        self.fusion = fusion
-        self.selector = ChannelSelector(in_channels, r, device=device, dtype=dtype) if routing == 'learned' else None
-        # a per-sample draw in eval would have to hash the sample's values, and float sums round differently
-        # with the batch size, the runtime and the compiler: a fixed draw is the same everywhere
+        self.c = self.args.c
+        self.k = mod_width(in_channels, self.c)
+        self.fusion = self.args.fusion
+        learned = self.args.routing == 'learned'
+        self.selector = ChannelSelector(in_channels, self.args.r, device=device, dtype=dtype) if learned else None
+        # random routing in eval mode: a per-sample draw would have to hash the sample's values, and float sums
+        # round differently with the batch size, the runtime and the compiler: a fixed draw is the same everywhere
         self.register_buffer(
-            'eval_channels', None if self.selector is not None else torch.randperm(in_channels, device=device)[:self.k])
+            'eval_channels', None if learned else torch.randperm(in_channels, device=device)[:self.k])
         self.block = make_block(self.k)
         self.drop_path = drop_path if drop_path is not None else nn.Identity()
 
@@ -115,9 +136,7 @@ class MoDBlock(nn.Module):
         indices, scores = self.route(x)
         selected = gather_channels(x, indices)
         update = self.drop_path(self.block(selected))  # per-sample drop commutes with scaling
-        if self.fusion == 'original':
-            return fuse_at_indices(x, selected, update, indices, scores)
-        return fuse_channels(x, update, scores, self.fusion == 'last')
+        return fuse(self.fusion, x, selected, update, indices, scores)
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, c={self.c}, k={self.k}, fusion={self.fusion}, routing={self.routing}'

@@ -6,7 +6,20 @@ from typing import Tuple
 import torch
 from timm.layers import register_notrace_function
 
-__all__ = ['is_exporting', 'top_k_channels', 'gather_channels', 'random_channel_indices', 'fixed_channel_indices']
+__all__ = [
+    'ROUTING_MODES', 'check_routing', 'is_exporting', 'top_k_channels', 'gather_channels', 'random_channel_indices',
+    'fixed_channel_indices',
+]
+
+ROUTING_MODES = ('learned', 'random')
+""" How a MoD block picks its k channels: the top k of a selector's scores (the paper's MoD), or k drawn uniformly
+per sample with no selector and scores fixed at 1 (the paper's "MoD rand.", Table 9). Random routing processes
+one fixed random set of k channels in eval mode (`MoDBlock.eval_channels`)."""
+
+
+def check_routing(routing: str) -> None:
+    if routing not in ROUTING_MODES:
+        raise ValueError(f'Unknown MoD routing {routing!r}; choose one of {ROUTING_MODES}.')
 
 
 def _is_onnx_export() -> bool:

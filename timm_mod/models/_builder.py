@@ -1,5 +1,6 @@
 """ Model building shared by the MoD families: timm's builder, the published-weight tags, and clear errors
 for missing weights and for weights that do not fit (named in MoD terms: another c, r, routing or depth)."""
+from dataclasses import fields
 from typing import Any, Dict, List, Optional, Set, Type, TypeVar
 
 import timm
@@ -9,7 +10,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 from timm.models._builder import _resolve_pretrained_source
 
-from ..layers import MoDBlock
+from ..layers import ModArgs, MoDBlock
 from ._family import to_mod
 
 ModelT = TypeVar('ModelT', bound=nn.Module)
@@ -61,11 +62,11 @@ def is_mod_model_name(model_name: str) -> bool:
 
 def create_mod_model(model_name: str, **kwargs: Any) -> nn.Module:
     """ `timm.create_model` for a registered MoD model; any other timm model of a supported family comes
-    converted by `to_mod`, with the MoD arguments (c, r, fusion, routing) taken from kwargs as the registered
-    models take them, and the rest (pretrained, num_classes, ...) going to `timm.create_model`."""
+    converted by `to_mod`, with the MoD arguments (`ModArgs`) taken from kwargs as the registered models take
+    them, and the rest (pretrained, num_classes, ...) going to `timm.create_model`."""
     if is_mod_model_name(model_name):
         return timm.create_model(model_name, **kwargs)
-    mod_args = {key: kwargs.pop(key) for key in ('c', 'r', 'fusion', 'routing') if key in kwargs}
+    mod_args = {name: kwargs.pop(name) for name in (f.name for f in fields(ModArgs)) if name in kwargs}
     return to_mod(timm.create_model(model_name, **kwargs), **mod_args)
 
 

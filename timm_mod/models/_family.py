@@ -4,13 +4,13 @@ A family says where MoD goes and how to build its slim block (a `ModFamily`, dec
 `apply_mod` builds every registered model and `to_mod` converts a plain one. `mod_every_second_block` does the
 same for a stage of a model of one's own.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 
 import torch.nn as nn
 
-from ..layers import MoDBlock, check_mod_options, has_mod_blocks, mod_width
+from ..layers import ModArgs, MoDBlock, has_mod_blocks, mod_width
 
 __all__ = [
     'SlimBlockFn', 'UnsupportedModelError', 'block_in_channels', 'norm_layer_of', 'every_second_block',
@@ -50,12 +50,10 @@ def every_second_block(stage: nn.Module) -> List[Tuple[str, nn.Module]]:
 def mod_every_second_block(
         stage: nn.Module,
         make_slim_block: SlimBlockFn,
-        c: int,
-        r: int = 16,
-        fusion: str = 'first',
-        routing: str = 'learned',
+        c: Union[int, ModArgs],
         device=None,
         dtype=None,
+        **mod_args: Any,
 ) -> None:
     """ Replace the blocks at the odd indices of a stage (the paper's placement) with MoD blocks, in place.
 
@@ -65,19 +63,17 @@ def mod_every_second_block(
         stage: A module whose children are the stage's blocks in order (an `nn.Sequential` or a container
             like RegNet's stage); every block at an odd index must keep its width from input to output.
         make_slim_block: Builds the slim block from the dense block it replaces and the width k.
-        c, r, fusion, routing: See `MoDBlock`.
+        c: The `ModArgs`, or the channel divisor c with the other MoD arguments as `mod_args` (r, fusion, ...).
     """
+    args = c if isinstance(c, ModArgs) else ModArgs(c, **mod_args)
     for name, dense in every_second_block(stage):
-        setattr(stage, name, mod_block_for(dense, make_slim_block, c, r, fusion, routing, device=device, dtype=dtype))
+        setattr(stage, name, mod_block_for(dense, make_slim_block, args, device=device, dtype=dtype))
 
 
 def mod_block_for(
         dense: nn.Module,
         make_slim_block: SlimBlockFn,
-        c: int,
-        r: int = 16,
-        fusion: str = 'first',
-        routing: str = 'learned',
+        args: ModArgs,
         device=None,
         dtype=None,
 ) -> MoDBlock:
@@ -85,10 +81,7 @@ def mod_block_for(
     return MoDBlock(
         block_in_channels(dense),
         lambda width: make_slim_block(dense, width),
-        c=c,
-        r=r,
-        fusion=fusion,
-        routing=routing,
+        args,
         drop_path=getattr(dense, 'drop_path', None),
         device=device,
         dtype=dtype,
@@ -188,10 +181,7 @@ def default_c(model: nn.Module) -> int:
 def apply_mod(
         model: nn.Module,
         family: ModFamily,
-        c: int,
-        r: int = 16,
-        fusion: str = 'first',
-        routing: str = 'learned',
+        args: ModArgs,
         init_block: Optional[Callable[[nn.Module], None]] = None,
 ) -> nn.Module:
     """ Put MoD blocks into a model of `family` in place. Every MoD block is built before the first one goes in,
@@ -200,7 +190,7 @@ def apply_mod(
     `init_block` replaces the family's slim-block init, for a model built with other init options (timm's
     `zero_init_last=False`).
     """
-    check_mod_options(c, r, fusion, routing)
+    c = args.c
     init_block = init_block or family.init_block
     sites = _mod_sites(model, family)
     for _, _, dense, path, channels in sites:
@@ -218,7 +208,7 @@ def apply_mod(
         dd = {'device': weight.device, 'dtype': weight.dtype}
 
         def build(dense: nn.Module = dense, dd: Dict[str, Any] = dd) -> MoDBlock:
-            block = mod_block_for(dense, partial(family.slim_block, **dd), c, r, fusion, routing, **dd)
+            block = mod_block_for(dense, partial(family.slim_block, **dd), args, **dd)
             init_block(block.block)
             return block.train(dense.training)
         built.append((stage, name, _family_call(family, path, dense, build)))
@@ -230,9 +220,7 @@ def apply_mod(
 def to_mod(
         model: nn.Module,
         c: Optional[int] = None,
-        r: int = 16,
-        fusion: str = 'first',
-        routing: str = 'learned',
+        **mod_args: Any,
 ) -> nn.Module:
     """ Turn a timm CNN into its Mixture-of-Depths version, in place, and return it.
 
@@ -244,8 +232,9 @@ def to_mod(
     Args:
         model: A model from `timm.create_model` of a supported family (`MOD_FAMILIES`).
         c: Channel divisor; None takes the family default (`default_c`).
-        r, fusion, routing: See `MoDBlock`.
+        **mod_args: The other MoD arguments (r, fusion, routing, ...): see `ModArgs`.
     """
+    args = ModArgs(1 if c is None else c, **mod_args)  # checked before the model is looked at
     if has_mod_blocks(model):
         raise ValueError(
             f'This {type(model).__name__} already has MoD blocks; to_mod converts a plain model once. '
@@ -254,4 +243,4 @@ def to_mod(
     if not mod_positions(model, family):
         raise ValueError(
             f'This {type(model).__name__} has no stage with a second block, so there is nowhere to put MoD.')
-    return apply_mod(model, family, default_c(model) if c is None else c, r, fusion, routing)
+    return apply_mod(model, family, args if c is not None else replace(args, c=default_c(model)))

@@ -1,6 +1,6 @@
 """ Weights from a training run: train.py checkpoints and safetensors files, and a model built to fit them."""
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -130,12 +130,11 @@ def plain_counterpart(mod_name: str) -> str:
 
 
 def mod_from_plain(mod_name: str, plain: nn.Module) -> nn.Module:
-    """ `to_mod` of a plain model with the registered MoD model's own c, r, fusion and routing, checked to have
+    """ `to_mod` of a plain model with the registered MoD model's own MoD arguments, checked to have
     exactly the registered model's tensors (a clear error otherwise)."""
     reference = timm.create_model(mod_name, device='meta', num_classes=plain.num_classes)
     block = next(iter(mod_blocks(reference).values()))
-    r = block.selector.r if block.selector is not None else 16
-    converted = to_mod(plain, c=block.c, r=r, fusion=block.fusion, routing=block.routing)
+    converted = to_mod(plain, **asdict(block.args))
     expected = {key: value.shape for key, value in reference.state_dict().items()}
     actual = {key: value.shape for key, value in converted.state_dict().items()}
     if expected != actual:

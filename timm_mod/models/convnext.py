@@ -13,6 +13,7 @@ from timm.layers import GlobalResponseNormMlp
 from timm.models import register_model, generate_default_cfgs
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock, _init_weights
 
+from ..layers import ModArgs
 from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
 from ._family import ModFamily, UnsupportedModelError, apply_mod, norm_layer_of, register_family
 
@@ -53,23 +54,16 @@ class MoDConvNeXt(ConvNeXt):
 
     def __init__(
             self,
-            c: int = 16,
-            r: int = 16,
-            fusion: str = 'first',
-            routing: str = 'learned',
             **kwargs: Any,
     ) -> None:
         """
         Args:
-            c: Channel divisor; MoD blocks process k = C // c channels.
-            r: Reduction of the channel selector.
-            fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels, or 'original': the
-                channels they were gathered from (Table 10).
-            routing: 'learned' (selector) or 'random'.
-            **kwargs: timm's `ConvNeXt` arguments (depths, dims, conv_mlp, num_classes, drop_path_rate, ...).
+            **kwargs: The MoD arguments (`timm_mod.layers.ModArgs`, c 16 by default) and timm's
+                `ConvNeXt` arguments (depths, dims, conv_mlp, num_classes, drop_path_rate, ...).
         """
+        mod_args = ModArgs.pop_from(kwargs, c=CONVNEXT_FAMILY.preferred_c)
         super().__init__(**kwargs)
-        apply_mod(self, CONVNEXT_FAMILY, c, r, fusion, routing)
+        apply_mod(self, CONVNEXT_FAMILY, mod_args)
 
 
 def _create_mod_convnext(variant: str, pretrained: bool = False, **kwargs: Any) -> MoDConvNeXt:

@@ -21,6 +21,7 @@ from timm.models._efficientnet_builder import (
 from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
 
+from ..layers import ModArgs
 from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
 from ._family import ModFamily, UnsupportedModelError, apply_mod, norm_layer_of, register_family
 
@@ -94,25 +95,18 @@ class MoDEfficientNet(EfficientNet):
     def __init__(
             self,
             block_args: BlockArgs,
-            c: int = 16,
-            r: int = 16,
-            fusion: str = 'first',
-            routing: str = 'learned',
             **kwargs: Any,
     ) -> None:
         """
         Args:
             block_args: As timm's `EfficientNet` (decoded arch-def).
-            c: Channel divisor; MoD blocks process k = C // c channels (16 in the paper).
-            r: Reduction of the channel selector (16 in the paper).
-            fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels, or 'original': the
-                channels they were gathered from (Table 10).
-            routing: 'learned' (selector) or 'random' (MoD rand.).
-            **kwargs: The rest of timm's `EfficientNet` arguments (num_classes, act_layer, se_layer,
+            **kwargs: The MoD arguments (`timm_mod.layers.ModArgs`, c 16 by default as in the paper) and
+                the rest of timm's `EfficientNet` arguments (num_classes, act_layer, se_layer,
                 output_stride, drop_path_rate, ...); the slim blocks are rebuilt from the dense blocks these make.
         """
+        mod_args = ModArgs.pop_from(kwargs, c=EFFICIENTNET_FAMILY.preferred_c)
         super().__init__(block_args=block_args, **kwargs)
-        apply_mod(self, EFFICIENTNET_FAMILY, c, r, fusion, routing)
+        apply_mod(self, EFFICIENTNET_FAMILY, mod_args)
 
 
 def _create_mod_efficientnet(

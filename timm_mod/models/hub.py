@@ -78,9 +78,7 @@ def reconstruction_args(model: nn.Module, model_kwargs: Dict[str, Any]) -> Dict[
             if key not in ('num_classes', 'global_pool', 'pretrained') and 'drop' not in key}
     block = next(iter(mod_blocks(model).values()), None)  # None: a plain timm model
     if block is not None:
-        args.update(c=block.c, fusion=block.fusion, routing=block.routing)
-        if block.selector is not None:
-            args['r'] = block.selector.r
+        args.update(block.args.as_kwargs())
     in_chans = model.pretrained_cfg.get('input_size', (3,))[0]
     if in_chans != 3:
         args['in_chans'] = in_chans

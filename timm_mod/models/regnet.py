@@ -14,6 +14,7 @@ from timm.layers import SEModule
 from timm.models import register_model, generate_default_cfgs
 from timm.models.regnet import Bottleneck, RegNet, RegStage, _init_weights, model_cfgs
 
+from ..layers import ModArgs
 from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
 from ._family import ModFamily, UnsupportedModelError, apply_mod, norm_layer_of, register_family
 
@@ -72,25 +73,18 @@ class MoDRegNet(RegNet):
 
     def __init__(
             self,
-            c: int = 16,
-            r: int = 16,
-            fusion: str = 'first',
-            routing: str = 'learned',
             zero_init_last: bool = True,
             **kwargs: Any,
     ) -> None:
         """
         Args:
-            c: Channel divisor; MoD blocks process k = C // c channels.
-            r: Reduction of the channel selector.
-            fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels, or 'original': the
-                channels they were gathered from (Table 10).
-            routing: 'learned' (selector) or 'random'.
             zero_init_last: As timm's `RegNet`; the slim blocks are initialised the same way.
-            **kwargs: timm's `RegNet` arguments (cfg, num_classes, drop_path_rate, ...).
+            **kwargs: The MoD arguments (`timm_mod.layers.ModArgs`, c 16 by default) and timm's
+                `RegNet` arguments (cfg, num_classes, drop_path_rate, ...).
         """
+        mod_args = ModArgs.pop_from(kwargs, c=REGNET_FAMILY.preferred_c)
         super().__init__(zero_init_last=zero_init_last, **kwargs)
-        apply_mod(self, REGNET_FAMILY, c, r, fusion, routing,
+        apply_mod(self, REGNET_FAMILY, mod_args,
                   init_block=partial(_init_regnet_block, zero_init_last=zero_init_last))
 
 

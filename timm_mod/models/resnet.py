@@ -13,6 +13,7 @@ import torch.nn as nn
 from timm.models import register_model, generate_default_cfgs
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ..layers import ModArgs
 from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
 from ._family import ModFamily, UnsupportedModelError, apply_mod, norm_layer_of, register_family
 
@@ -92,26 +93,19 @@ class MoDResNet(ResNet):
             self,
             block: Union[ResNetBlock, Tuple[ResNetBlock, ...]],
             layers: Tuple[int, ...],
-            c: int = 64,
-            r: int = 16,
-            fusion: str = 'first',
-            routing: str = 'learned',
             zero_init_last: bool = True,
             **kwargs: Any,
     ) -> None:
         """
         Args:
             block, layers, zero_init_last: As timm's `ResNet`; the slim blocks are initialised the same way.
-            c: Channel divisor; MoD blocks process k = C // c channels (64 in the paper).
-            r: Reduction of the channel selector (16 in the paper).
-            fusion: 'first' (MoD) or 'last' (MoD-lk) k channels receive the processed channels, or 'original': the
-                channels they were gathered from (Table 10).
-            routing: 'learned' (selector) or 'random' (MoD rand.).
-            **kwargs: The rest of timm's `ResNet` arguments (channels, cardinality, block_args, num_classes,
+            **kwargs: The MoD arguments (`timm_mod.layers.ModArgs`, c 64 by default as in the paper) and
+                the rest of timm's `ResNet` arguments (channels, cardinality, block_args, num_classes,
                 drop_path_rate, ...); the slim blocks are rebuilt from the dense blocks these make.
         """
+        mod_args = ModArgs.pop_from(kwargs, c=RESNET_FAMILY.preferred_c)
         super().__init__(block=block, layers=layers, zero_init_last=zero_init_last, **kwargs)
-        apply_mod(self, RESNET_FAMILY, c, r, fusion, routing,
+        apply_mod(self, RESNET_FAMILY, mod_args,
                   init_block=partial(_init_resnet_block, zero_init_last=zero_init_last))
 
 
