@@ -7,7 +7,7 @@ import pytest
 
 from timm_mod.experiments.quickstart import quickstart_args_file
 from timm_mod.experiments.recipe import TRAIN_PY_OPTIONS, load_train_args
-from timm_mod.models.zoo import PAPER_MODELS
+from timm_mod.models import PAPER_MODELS
 
 ROOT = Path(__file__).parents[1]
 TRAIN_ARGS = sorted((ROOT / 'train_args').glob('*.yaml'))
@@ -69,7 +69,7 @@ def test_finetune_recipe_keeps_the_papers_data_and_lowers_the_learning_rate() ->
 @pytest.mark.parametrize('name', PAPER_MODELS)
 def test_every_paper_model_has_a_documented_command(name: str) -> None:
     recipe = 'mobilenetv2_mod_imagenet.yaml' if name.startswith('mobilenetv2') else 'resnet_mod_imagenet.yaml'
-    assert f'-c train_args/{recipe} --model {name} ' in (ROOT / 'README.md').read_text()
+    assert f'-c train_args/{recipe} --model {name} ' in (ROOT / 'docs' / 'training.md').read_text()
 
 
 def test_cifar10_recipe_trains_at_cifars_size_with_plain_cross_entropy() -> None:
@@ -100,7 +100,7 @@ def test_imagenet_distillation_scales_the_cifar10_fine_tune_and_keeps_the_teache
     pretrained cfg), the student's plain counterpart as teacher, and the CIFAR-10 fine-tune's share of the
     from-scratch epochs and learning rate applied to the paper's ImageNet recipe."""
     import timm
-    from timm_mod.models.checkpoint import plain_counterpart
+    from timm_mod.experiments.convert import plain_counterpart
     args = load_train_args(ROOT / 'train_args' / 'imagenet_distill.yaml')
     teacher = timm.models.get_pretrained_cfg(args['kd_model_name'])
     default_weights = timm.models.get_pretrained_cfg(plain_counterpart(args['model'])).hf_hub_id

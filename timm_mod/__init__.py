@@ -1,16 +1,17 @@
 """ timm-mod: CNN Mixture-of-Depths models for timm. Importing the package registers the zoo in timm.
 
-Layers: `timm_mod.layers` (the MoD idea: selector, routing, fusion, block) <- `timm_mod.models` (families, to_mod,
-zoo, checkpoints, Hub) <- `timm_mod.experiments` (train, compare, benchmark, quantize, ...) <- `timm_mod.commands`
-(the CLI); `timm_mod.utils` serves all of them.
+Floors, each importing only those below it: `timm_mod.layers` (the MoD idea: ModArgs, selector, routing, fusion,
+block) <- `timm_mod.models` (families and their machinery: to_mod, building, loading, the paper's table) <-
+`timm_mod.experiments` (what the commands do: train, compare, convert, publish, benchmark, runtimes, quantize, ...)
+<- `timm_mod.commands` (the CLI); `timm_mod.utils` (files, folders, tables, timing; nothing of MoD) serves all.
 """
-from .layers import ChannelSelector, MoDBlock, fuse_channels, gather_channels, mod_width
+from .layers import ChannelSelector, ModArgs, MoDBlock, fuse_channels, gather_channels, mod_width
 from .models import (
     MoDConvNeXt, MoDEfficientNet, MoDRegNet, MoDResNet, ModFamily, UnsupportedModelError, default_c,
     mod_every_second_block, to_mod)
 
 __all__ = [
-    'ChannelSelector', 'MoDBlock', 'MoDConvNeXt', 'MoDEfficientNet', 'MoDRegNet', 'MoDResNet', 'ModFamily',
+    'ChannelSelector', 'ModArgs', 'MoDBlock', 'MoDConvNeXt', 'MoDEfficientNet', 'MoDRegNet', 'MoDResNet', 'ModFamily',
     'UnsupportedModelError', 'default_c', 'fuse_channels', 'gather_channels', 'mod_every_second_block', 'mod_width',
     'to_mod',
 ]

@@ -35,7 +35,7 @@ from timm_mod.experiments.compare import (
 from timm_mod.experiments.quantize import ACCURACY_COLUMNS, AccuracyRow, accuracy_table_rows
 from timm_mod.experiments.recipe import complete_train_args, load_train_args
 from timm_mod.experiments.training import RunResult
-from timm_mod.models.zoo import measure
+from timm_mod.models import measure
 from timm_mod.utils.image_folder import check_image_folder
 from timm_mod.utils.output import check_output_folder, write_text_whole
 from timm_mod.utils.tables import format_table

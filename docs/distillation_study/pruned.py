@@ -27,7 +27,7 @@ import yaml
 from timm.models import create_model, load_checkpoint, register_model
 
 from timm_mod.experiments.compare import ModelSpec, compare, write_comparison, format_comparison
-from timm_mod.models.zoo import measure
+from timm_mod.models import measure
 from timm_mod.utils.output import staged_output
 
 STUDY = Path('output/cifar10_distill')

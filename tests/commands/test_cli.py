@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from timm_mod.models.zoo import ZOO_COLUMNS, describe_zoo, zoo_table_rows
+from timm_mod.models import ZOO_COLUMNS, describe_zoo, zoo_table_rows
 from timm_mod.utils.tables import format_table
 from conftest import CONSOLE_SCRIPT
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from timm_mod.models.hub import publish
+from timm_mod.experiments.publish import publish
 
 from conftest import CONSOLE_SCRIPT, train_py_checkpoint, write_noise_folder
 

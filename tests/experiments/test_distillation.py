@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from timm_mod.experiments.compare import ModelSpec, compare
 from timm_mod.experiments.recipe import complete_train_args, load_train_args
 from timm_mod.experiments.training import training_loss
-from timm_mod.models.checkpoint import convert_plain_weights
-from timm_mod.models.hub import publish
+from timm_mod.experiments.convert import convert_plain_weights
+from timm_mod.experiments.publish import publish
 
 from conftest import CONSOLE_SCRIPT, TINY_RECIPE, train_py_checkpoint
 

@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-from timm_mod.utils.runtimes import RUNTIMES, runtime_session
+from timm_mod.experiments.runtimes import RUNTIMES, runtime_session
 from conftest import CONSOLE_SCRIPT
 
 

@@ -109,10 +109,15 @@ def test_command_on_quickstart_data_and_mismatched_checkpoint(tmp_path: Path) ->
         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.splitlines()[0].split()[:3] == ['block', 'C', 'k']
-    counts, states = run.stdout.split('\n\n')
+    counts, states, ablation = run.stdout.split('\n\n')
     assert [line.split()[0] for line in counts.splitlines()[1:]] == ['layer1.1', 'layer2.1', 'layer3.1', 'layer4.1']
     assert states.splitlines()[0] == 'the selectors on the first 256 images (eval mode):'
     assert [line.split()[0] for line in states.splitlines()[2:]] == ['layer1.1', 'layer2.1', 'layer3.1', 'layer4.1']
+    report = json.loads((tmp_path / 'out' / 'selection.json').read_text())['routing_ablation']
+    assert report['images'] == 9 and ablation.strip() == (
+        f"what the routing carries, on the 9 images counted: top-1 {report['top1_learned']:.2f} with the learned "
+        f"top k, {report['top1_fixed_random']:.2f} with a fixed random set of k channels per block (seed 0): "
+        f"{report['top1_learned'] - report['top1_fixed_random']:+.2f} points")
     assert (tmp_path / 'out' / 'selection_layer3_1.png').read_bytes()[:4] == b'\x89PNG'
 
     other = tmp_path / 'other.pth.tar'
@@ -121,3 +126,64 @@ def test_command_on_quickstart_data_and_mismatched_checkpoint(tmp_path: Path) ->
         [str(CONSOLE_SCRIPT), 'selection', '--model', 'resnet18_mod', '--checkpoint', str(other),
          '--data-dir', str(digits), '--output', str(tmp_path / 'out2')], capture_output=True, text=True)
     assert run.returncode != 0 and 'another c' in run.stderr
+
+
+def test_fixed_random_routing_is_the_block_written_out_with_a_fixed_channel_set() -> None:
+    """ The routing ablation: each MoD block processes the k channels drawn from the seed (torch.randperm, blocks
+    in model order), scaled by its selector's scores for them and added to the first k channels, for every image;
+    afterwards the blocks route by their selectors again."""
+    from timm_mod.experiments.selection import fixed_random_routing
+    from timm_mod.layers import MoDBlock
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18_mod', num_classes=3, c=16).eval()
+    x = torch.randn(4, 3, 32, 32)
+    blocks = {name: m for name, m in model.named_modules() if isinstance(m, MoDBlock)}
+    generator = torch.Generator().manual_seed(7)
+    expected_channels = {name: torch.randperm(b.in_channels, generator=generator)[:b.k] for name, b in blocks.items()}
+
+    def written_out(block: MoDBlock, channels: torch.Tensor):
+        def hook(_module, inputs, _output):
+            (features,) = inputs
+            scores = block.selector(features)[:, channels]
+            out = features.clone()
+            out[:, :block.k] += scores[:, :, None, None] * block.block(features[:, channels])
+            return out
+        return hook
+
+    with torch.no_grad():
+        learned = model(x)
+        with fixed_random_routing(model, seed=7) as drawn:
+            ablated = model(x)
+        assert {name: c.tolist() for name, c in drawn.items()} == {
+            name: c.tolist() for name, c in expected_channels.items()}
+        handles = [b.register_forward_hook(written_out(b, expected_channels[name])) for name, b in blocks.items()]
+        reference = model(x)
+        for handle in handles:
+            handle.remove()
+        torch.testing.assert_close(ablated, reference)
+        assert not torch.allclose(ablated, learned)
+        torch.testing.assert_close(model(x), learned, rtol=0, atol=0)
+
+
+def test_selection_reports_the_accuracy_the_routing_carries(animal_folder: Path) -> None:
+    """ top-1 with the learned top k and with the fixed random sets, over the images counted, against the same
+    predictions made directly; counting is unchanged by the extra pass; no number for a model of other classes."""
+    from timm_mod.experiments.selection import ABLATION_SEED, fixed_random_routing
+    model = forced_model()
+    selection = count_selections(model, animal_folder, 'validation', progress=False)
+    dataset = timm.data.create_dataset('', root=str(animal_folder), split='validation',
+                                       transform=timm.data.create_transform(**timm.data.resolve_data_config({},
+                                                                                                           model=model)))
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    targets = torch.tensor([dataset[i][1] for i in range(len(dataset))])
+    with torch.no_grad():
+        learned = (model(images).argmax(1) == targets).float().mean() * 100
+        with fixed_random_routing(model, ABLATION_SEED):
+            ablated = (model(images).argmax(1) == targets).float().mean() * 100
+    report = selection.ablation
+    assert (report.images, report.seed) == (9, ABLATION_SEED)
+    assert report.top1_learned == pytest.approx(float(learned)) and report.top1_fixed_random == pytest.approx(
+        float(ablated))
+    assert report.carried == pytest.approx(float(learned - ablated))
+    other_classes = timm.create_model('resnet18_mod', num_classes=5).eval()
+    assert count_selections(other_classes, animal_folder, 'validation', progress=False).ablation is None

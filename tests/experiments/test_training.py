@@ -8,7 +8,7 @@ import yaml
 from timm_mod.experiments.compare import ModelSpec, compare
 from timm_mod.experiments.recipe import load_train_args
 from timm_mod.experiments.training import train_and_evaluate
-from timm_mod.models.checkpoint import convert_plain_weights
+from timm_mod.experiments.convert import convert_plain_weights
 
 from conftest import TINY_RECIPE, train_py_checkpoint
 

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from timm_mod import MoDBlock
-from timm_mod.models.checkpoint import infer_num_classes, load_checkpoint_file, model_from_checkpoint
+from timm_mod.models import infer_num_classes, load_checkpoint_file, model_from_checkpoint
 
 
 def test_load_checkpoint_rejects_garbage(tmp_path: Path) -> None:

@@ -15,10 +15,10 @@ from torch.utils.flop_counter import FlopCounterMode
 import timm_mod  # noqa: F401
 from timm_mod import MoDBlock, default_c, to_mod
 from timm_mod.experiments.benchmark import BenchSetting, run_benchmark
-from timm_mod.models.checkpoint import convert_plain_weights, plain_counterpart
+from timm_mod.experiments.convert import convert_plain_weights, plain_counterpart
 from timm_mod.models._family import MIN_DEFAULT_WIDTH, block_in_channels, find_family, mod_positions
 from timm_mod.experiments.quickstart import run_quickstart, write_digits
-from timm_mod.models.zoo import OUR_MODELS
+from timm_mod.models import OUR_MODELS
 from conftest import CONSOLE_SCRIPT
 
 INPUT = (2, 3, 64, 64)
@@ -250,7 +250,7 @@ def test_quickstart_with_a_model_beyond_the_paper(tmp_path: Path) -> None:
     ('efficientnet_b0_mod', 3, 'processes k=4 channels of 24 (c=6) but the checkpoint has k=8 (c=3): another c'),
 ])
 def test_checkpoint_of_another_c_is_named_whatever_the_first_slim_conv(name: str, other_c: int, message: str) -> None:
-    from timm_mod.models._builder import describe_state_dict_mismatch
+    from timm_mod.models import describe_state_dict_mismatch
     model = timm.create_model(name, device='meta')
     assert describe_state_dict_mismatch(model, model.state_dict()) == ''
     other = timm.create_model(name, c=other_c, device='meta').state_dict()
@@ -259,7 +259,7 @@ def test_checkpoint_of_another_c_is_named_whatever_the_first_slim_conv(name: str
 
 def test_selection_counts_a_converted_plain_model(tmp_path: Path) -> None:
     from timm_mod.experiments.selection import count_selections
-    from timm_mod.models.checkpoint import load_trained_model
+    from timm_mod.models import load_trained_model
     model, _ = load_trained_model('regnetx_002', num_classes=10)
     assert any(isinstance(m, MoDBlock) for m in model.modules()) and not model.training
     digits = write_digits(tmp_path / 'digits')

@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from timm_mod.models.hub import publish, read_results
+from timm_mod.experiments.publish import publish, read_results
 
 from conftest import INPUT, train_py_checkpoint
 
@@ -212,12 +212,16 @@ def test_publish_needs_exactly_one_target(tmp_path: Path) -> None:
 
 
 def test_published_weights_become_tags_and_only_they() -> None:
+    """ Weight tags sit inline in each family's default_cfgs, as in timm: timm lists a `*_mod` model as pretrained
+    exactly where a cfg names a weight source (none yet), and a tagged cfg with a Hub id becomes the default."""
     from timm.models import generate_default_cfgs
-    from timm_mod.models._builder import PUBLISHED_WEIGHTS, mod_cfg, mod_default_cfgs
-    assert timm.list_pretrained('*_mod*') == sorted(PUBLISHED_WEIGHTS)
-    published = {'resnet75_mod.in1k': 'org/resnet75_mod.in1k'}
-    cfgs = generate_default_cfgs(mod_default_cfgs({'resnet75_mod': mod_cfg()}, published))
-    default = cfgs['resnet75_mod']
+    from timm_mod.models import convnext, efficientnet, mod_cfg, regnet, resnet
+    with_weights = sorted(f'{name}.{tag}' for family in (convnext, efficientnet, regnet, resnet)
+                          for name, default in family.default_cfgs.items()
+                          for tag, cfg in default.cfgs.items() if cfg.has_weights)
+    assert timm.list_pretrained('*_mod*') == with_weights == []
+    default = generate_default_cfgs({'resnet75_mod.in1k': mod_cfg(hf_hub_id='org/resnet75_mod.in1k'),
+                                     'resnet75_mod': mod_cfg()})['resnet75_mod']
     assert default.tags[0] == 'in1k' and default.is_pretrained
     assert default.cfgs['in1k'].hf_hub_id == 'org/resnet75_mod.in1k' and not default.cfgs[''].has_weights
 

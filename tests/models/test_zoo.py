@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import timm_mod  # noqa: F401
 from timm_mod import MoDBlock
-from timm_mod.models.zoo import (
+from timm_mod.models import (
     OUR_MODELS, PAPER_BASELINE_GMACS, PAPER_MODELS, count_params_and_macs, describe_zoo, zoo_table_rows)
 
 

@@ -15,7 +15,7 @@ __all__ = ['main', 'build_parser']
 
 
 def _list(args: argparse.Namespace) -> None:
-    from ..models.zoo import ZOO_COLUMNS, describe_zoo, zoo_table_rows
+    from ..models import ZOO_COLUMNS, describe_zoo, zoo_table_rows
     from ..utils.tables import format_table
     print(format_table(ZOO_COLUMNS, zoo_table_rows(describe_zoo(args.filter)), markdown=args.markdown))
 
@@ -60,7 +60,7 @@ def _dense_quickstart(args: argparse.Namespace) -> None:
 
 
 def _publish(args: argparse.Namespace) -> None:
-    from ..models.hub import publish
+    from ..experiments.publish import publish
     location = publish(
         args.model,
         args.checkpoint,
@@ -79,7 +79,7 @@ def _publish(args: argparse.Namespace) -> None:
 
 def _convert(args: argparse.Namespace) -> None:
     from ..experiments.quickstart import finetune_args_file
-    from ..models.checkpoint import convert_plain_weights, plain_counterpart
+    from ..experiments.convert import convert_plain_weights, plain_counterpart
     path = convert_plain_weights(
         args.model, args.output, checkpoint_path=args.checkpoint, pretrained=args.pretrained, overwrite=args.overwrite,
         use_ema=args.ema)
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..experiments.benchmark import MODES
     from ..experiments.dense_quickstart import DEFAULT_DENSE_DIR
     from ..experiments.quickstart import DEFAULT_DATA_DIR
-    from ..utils.runtimes import RUNTIMES
+    from ..experiments.runtimes import RUNTIMES
     parser = argparse.ArgumentParser(prog='timm-mod', description='CNN Mixture-of-Depths models for timm.')
     commands = parser.add_subparsers(dest='command', required=True)
 
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.set_defaults(run=_quickstart)
 
     from ..experiments.compare import UNFINISHED
-    from ..utils.in_memory_data import DATA_PATHS
+    from ..experiments.in_memory_data import DATA_PATHS
     compare_parser = commands.add_parser(
         'compare', help='train timm models with one train.py arg file on an ImageFolder and tabulate accuracy, '
                         'params, MACs and measured CPU speed-up (resumable)')
@@ -304,7 +304,7 @@ def _trained_model_and_data(args: argparse.Namespace, convert_plain: bool = True
     a plain timm model becomes its MoD version unless `convert_plain` is False."""
     from timm.data import resolve_data_config
     from ..experiments.quickstart import DEFAULT_DATA_DIR, write_digits
-    from ..models.checkpoint import load_trained_model
+    from ..models import load_trained_model
     model, train_args = load_trained_model(args.model, args.checkpoint, args.num_classes, convert_plain=convert_plain,
                                            use_ema=args.ema)
     if args.checkpoint is not None:
@@ -323,7 +323,7 @@ def _quantize(args: argparse.Namespace) -> None:
     from ..experiments.quantize import ACCURACY_COLUMNS, accuracy_table_rows, check_accuracy_options, int8_accuracy
     from ..experiments.quickstart import DEFAULT_DATA_DIR
     from ..utils.output import check_replaceable_folder
-    from ..utils.runtimes import require_runtime
+    from ..experiments.runtimes import require_runtime
     from ..utils.tables import format_table
     check_replaceable_folder(args.output, args.overwrite, keep=(args.data_dir or DEFAULT_DATA_DIR, args.checkpoint))
     check_accuracy_options(args.calibration_images, args.batch_size, args.threads)
@@ -360,6 +360,11 @@ def _selection(args: argparse.Namespace) -> None:
     print(f'\nthe selectors on the first {PROBE_IMAGES} images (eval mode):')
     print(format_table(('block', 'dead hidden units', 'score spread (max - min, mean)', 'channels routed',
                         'weight norm'), states))
+    ablation = selection.ablation
+    if ablation is not None:
+        print(f'\nwhat the routing carries, on the {ablation.images} images counted: top-1 {ablation.top1_learned:.2f} '
+              f'with the learned top k, {ablation.top1_fixed_random:.2f} with a fixed random set of k channels per '
+              f'block (seed {ablation.seed}): {ablation.carried:+.2f} points')
 
 
 def _cuda_available() -> bool:

@@ -22,7 +22,7 @@ import torch.nn as nn
 from ..layers import MoDBlock
 from ..models import PAPER_MODELS, baseline_of, create_mod_model, measure
 from ..utils.output import scratch_folder
-from ..utils.runtimes import RUNTIMES, export_onnx, quantize_int8, require_runtime, runtime_session
+from .runtimes import RUNTIMES, export_onnx, quantize_int8, require_runtime, runtime_session
 from ..utils.tables import pyplot, save_figure, write_records
 from ..utils.timing import time_side_by_side
 
@@ -49,7 +49,7 @@ class BenchSetting:
     channels_last: bool = False
     bf16: bool = False
     device: str = 'cpu'
-    int8: bool = False  # runtime modes: the exports quantized to int8 (`timm_mod.utils.runtimes.quantize_int8`)
+    int8: bool = False  # runtime modes: the exports quantized to int8 (`timm_mod.experiments.runtimes.quantize_int8`)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

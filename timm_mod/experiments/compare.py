@@ -23,7 +23,7 @@ from timm.data import resolve_data_config
 from ..layers import has_mod_blocks
 from ..models import require_registered
 from ..utils.image_folder import check_class_maps, split_fingerprint
-from ..utils.in_memory_data import DATA_PATHS
+from .in_memory_data import DATA_PATHS
 from ..utils.output import (
     check_outside_data, check_writable_folder, exclusive_folder, stop_if_terminated, write_text_whole)
 from ..utils.tables import format_table, pyplot, save_figure, write_records

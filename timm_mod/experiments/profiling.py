@@ -13,7 +13,7 @@ import torch.nn as nn
 from ..layers import MoDBlock
 from ..models import create_mod_model
 from ..utils.output import scratch_folder
-from ..utils.runtimes import RUNTIMES, runtime_operator_times
+from .runtimes import RUNTIMES, runtime_operator_times
 from ..utils.tables import format_table
 from ..utils.timing import cpu_threads
 from .benchmark import BenchSetting, benchmark_input, identity_bound, make_step, runtime_export

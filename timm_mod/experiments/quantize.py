@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..layers import routing_hooks, selector_blocks
 from ..utils.image_folder import check_class_maps, check_image_folder
 from ..utils.output import check_replaceable_folder, fresh_folder, staged_output
-from ..utils.runtimes import (
+from .runtimes import (
     RUNTIMES, export_onnx, quantize_int8, require_runtime, runtime_outputs, with_routing_outputs)
 
 __all__ = ['AccuracyRow', 'ACCURACY_COLUMNS', 'accuracy_table_rows', 'check_accuracy_options', 'int8_accuracy']

@@ -9,23 +9,24 @@ import csv
 import json
 import math
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from timm.data import create_dataset, create_transform, resolve_data_config
 
-from ..layers import MoDBlock, routing_hooks, selector_blocks, top_k_channels
+from ..layers import MoDBlock, fixed_channel_indices, routing_hooks, selector_blocks, top_k_channels
 from ..utils.image_folder import check_image_folder
 from ..utils.output import check_output_folder, staged_output
 from ..utils.tables import pyplot, save_figure
 
 __all__ = [
     'SelectionCounts', 'BlockSummary', 'SelectorState', 'count_selections', 'summarize', 'write_selection',
-    'selector_states',
+    'selector_states', 'fixed_random_routing', 'RoutingAblation',
 ]
 
 
@@ -37,6 +38,7 @@ class SelectionCounts:
     counts: Dict[str, torch.Tensor]
     k: Dict[str, int]
     states: Dict[str, 'SelectorState'] = field(default_factory=dict)  # on the first PROBE_IMAGES images
+    ablation: Optional['RoutingAblation'] = None  # None when the model's classes are not the folder's
 
     def percent(self, block: str, class_index: Optional[int] = None) -> torch.Tensor:
         """ Share of the block's selections that went to each channel, in percent (all classes if None)."""
@@ -77,6 +79,47 @@ class SelectorState:
 
 
 PROBE_IMAGES = 256  # images a selector's state is measured on
+ABLATION_SEED = 0  # the fixed random channels of the routing ablation
+
+
+@dataclass(frozen=True)
+class RoutingAblation:
+    """ How much accuracy the learned routing carries: top-1 on the same images with each selector's top k, and
+    with each block's top k replaced by one fixed random set of k channels (`fixed_random_routing`)."""
+    images: int
+    top1_learned: float
+    top1_fixed_random: float
+    seed: int
+
+    @property
+    def carried(self) -> float:
+        """ Points of top-1 the learned choice of channels is worth over a fixed random one."""
+        return self.top1_learned - self.top1_fixed_random
+
+
+@contextmanager
+def fixed_random_routing(model: nn.Module, seed: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
+    """ Inside the block, every MoD block with a selector routes one fixed random set of k channels (drawn from
+    `seed`, the same for every image), each still scaled by its selector score: only the learned choice of
+    channels is taken away. Yields the channels drawn per block; the blocks route as before on exit."""
+    generator = torch.Generator().manual_seed(seed)
+    drawn = {name: torch.randperm(block.in_channels, generator=generator)[:block.k]
+             for name, block in selector_blocks(model).items()}
+
+    def fixed_route(block: MoDBlock, channels: torch.Tensor):
+        def route(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+            indices = fixed_channel_indices(x, channels.to(x.device))
+            return indices, block.selector(x).gather(1, indices)
+        return route
+
+    blocks = selector_blocks(model)
+    try:
+        for name, block in blocks.items():
+            block.route = fixed_route(block, drawn[name])  # the instance attribute shadows MoDBlock.route
+        yield drawn
+    finally:
+        for block in blocks.values():
+            block.__dict__.pop('route', None)
 
 
 def selector_states(model: nn.Module, images: torch.Tensor) -> Dict[str, SelectorState]:
@@ -164,10 +207,14 @@ def count_selections(
     counts = {
         name: torch.zeros(len(class_names), block.in_channels, dtype=torch.long) for name, block in blocks.items()}
     samples = torch.zeros(len(class_names), dtype=torch.long)
+    scored = getattr(model, 'num_classes', None) == len(class_names)  # the model's classes are the folder's
+    correct = {'learned': 0, 'fixed random': 0}
     batch_targets: List[torch.Tensor] = []  # the classes of the batch being run, for the hooks
     probe: List[torch.Tensor] = []  # the first PROBE_IMAGES images, for the selectors' state
 
     def record(name: str, routed: torch.Tensor) -> None:
+        if not batch_targets:  # the ablated pass: its selectors run, but route nothing counted
+            return
         chosen = routed.new_zeros(routed.shape[0], blocks[name].in_channels).scatter_(1, routed, 1)
         counts[name].index_add_(0, batch_targets[0], chosen)
 
@@ -176,7 +223,11 @@ def count_selections(
         with routing_hooks(blocks, record), torch.no_grad():
             for batch_index, (images, targets) in enumerate(loader):
                 batch_targets[:] = [targets]
-                model(images)
+                correct['learned'] += int((model(images).argmax(1) == targets).sum())
+                if scored:
+                    batch_targets.clear()
+                    with fixed_random_routing(model, ABLATION_SEED):
+                        correct['fixed random'] += int((model(images).argmax(1) == targets).sum())
                 if sum(len(batch) for batch in probe) < PROBE_IMAGES:
                     probe.append(images)
                 samples += torch.bincount(targets, minlength=len(class_names))
@@ -186,7 +237,11 @@ def count_selections(
         if progress:
             print(file=sys.stderr)
     states = selector_states(model, torch.cat(probe)[:PROBE_IMAGES]) if probe else {}
-    return SelectionCounts(class_names, samples, counts, {name: block.k for name, block in blocks.items()}, states)
+    images = int(samples.sum())
+    ablation = RoutingAblation(images, 100 * correct['learned'] / images, 100 * correct['fixed random'] / images,
+                               ABLATION_SEED) if scored and images else None
+    return SelectionCounts(class_names, samples, counts, {name: block.k for name, block in blocks.items()}, states,
+                           ablation)
 
 
 def summarize(selection: SelectionCounts, top: Optional[int] = None) -> List[BlockSummary]:
@@ -231,6 +286,7 @@ def write_selection(
                    for name, counts in selection.counts.items()},
         'summary': [s.__dict__ for s in summarize(selection)],
         'selector_states': {name: asdict(state) for name, state in selection.states.items()},
+        'routing_ablation': None if selection.ablation is None else asdict(selection.ablation),
     }
     with staged_output(output / 'selection.json') as staging:
         staging.write_text(json.dumps(report, indent=1))

@@ -5,7 +5,7 @@ Training uses the components timm's train.py uses (`create_dataset`, `create_loa
 recipe names a teacher (`kd_model_name`), `CheckpointSaver`, `accuracy`),
 configured by the same YAML file train.py reads with `-c`, so stock train.py and validate.py reproduce a run on the
 same data folder. Where the images fit in memory they are decoded once and augmented as tensors
-(`utils.in_memory_data`), which a CPU trains at the speed of its arithmetic.
+(`in_memory_data`), which a CPU trains at the speed of its arithmetic.
 
 Runs are long and die: a run keeps train.py's `last.pth.tar` after every epoch and resumes from it. Each epoch
 draws its randomness (shuffling, augmentation, random routing) from generators seeded by (seed, epoch), so a
@@ -35,9 +35,9 @@ from timm.utils import AverageMeter, CheckpointSaver, accuracy, random_seed
 
 from ..models import is_mod_model_name, measure, require_registered
 from ..layers import selector_blocks
-from ..models.checkpoint import infer_num_classes, load_checkpoint_file
+from ..models import infer_num_classes, load_checkpoint_file
 from ..utils.image_folder import check_class_maps, split_fingerprint
-from ..utils.in_memory_data import (
+from .in_memory_data import (
     DATA_PATHS, InMemorySplit, eval_batches, eval_split, in_memory_unsupported, train_batches)
 from ..utils.output import stop_if_terminated
 from .recipe import check_initial_checkpoint, complete_train_args

@@ -14,7 +14,7 @@ from timm.models import register_model, generate_default_cfgs
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock, _init_weights
 
 from ..layers import ModArgs
-from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
+from ._builder import build_mod_model, mod_cfg
 from ._family import ModFamily, UnsupportedModelError, apply_mod, norm_layer_of, register_family
 
 __all__ = ['CONVNEXT_FAMILY', 'MoDConvNeXt', 'convnext_block_config']
@@ -77,10 +77,10 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return mod_cfg(interpolation='bicubic', first_conv='stem.0', classifier='head.fc', **kwargs)
 
 
-default_cfgs = generate_default_cfgs(mod_default_cfgs({
+default_cfgs = generate_default_cfgs({
     'convnext_nano_mod': _cfg(),
     'convnext_tiny_mod': _cfg(),
-}))
+})
 
 
 @register_model

@@ -18,7 +18,7 @@ from torchvision.models.segmentation.fcn import FCN, FCNHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ._builder import require_registered
+from ._factory import require_registered
 
 __all__ = ['create_backbone', 'SegmentationFeatures', 'FeaturePyramidBackbone', 'fcn', 'faster_rcnn']
 

@@ -14,16 +14,15 @@ from typing import Any, Dict, List
 import torch.nn as nn
 from timm.layers import make_divisible
 from timm.models import register_model, generate_default_cfgs
-from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
-from timm.models._efficientnet_builder import (
-    BlockArgs, decode_arch_def, efficientnet_init_weights, resolve_act_layer, resolve_bn_args,
-    round_channels)
 from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
 
 from ..layers import ModArgs
-from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
+from ._builder import build_mod_model, mod_cfg
 from ._family import ModFamily, UnsupportedModelError, apply_mod, norm_layer_of, register_family
+from ._timm_private import (
+    BlockArgs, DepthwiseSeparableConv, InvertedResidual, SqueezeExcite, decode_arch_def, efficientnet_init_weights,
+    resolve_act_layer, resolve_bn_args, round_channels)
 
 __all__ = ['EFFICIENTNET_FAMILY', 'MoDEfficientNet', 'efficientnet_block_config']
 
@@ -137,11 +136,11 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return mod_cfg(interpolation='bicubic', first_conv='conv_stem', classifier='classifier', **kwargs)
 
 
-default_cfgs = generate_default_cfgs(mod_default_cfgs({
+default_cfgs = generate_default_cfgs({
     'mobilenetv2_mod': _cfg(),
     'mobilenetv2_mod_l': _cfg(),
     'efficientnet_b0_mod': _cfg(),
-}))
+})
 
 
 @register_model

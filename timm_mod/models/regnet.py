@@ -15,7 +15,7 @@ from timm.models import register_model, generate_default_cfgs
 from timm.models.regnet import Bottleneck, RegNet, RegStage, _init_weights, model_cfgs
 
 from ..layers import ModArgs
-from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
+from ._builder import build_mod_model, mod_cfg
 from ._family import ModFamily, UnsupportedModelError, apply_mod, norm_layer_of, register_family
 
 __all__ = ['MoDRegNet', 'REGNET_FAMILY', 'regnet_block_config']
@@ -98,9 +98,9 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return mod_cfg(interpolation='bicubic', first_conv='stem.conv', classifier='head.fc', **kwargs)
 
 
-default_cfgs = generate_default_cfgs(mod_default_cfgs({
+default_cfgs = generate_default_cfgs({
     'regnety_016_mod': _cfg(),
-}))
+})
 
 
 @register_model

@@ -14,7 +14,7 @@ from timm.models import register_model, generate_default_cfgs
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..layers import ModArgs
-from ._builder import build_mod_model, mod_cfg, mod_default_cfgs
+from ._builder import build_mod_model, mod_cfg
 from ._family import ModFamily, UnsupportedModelError, apply_mod, norm_layer_of, register_family
 
 __all__ = ['MoDResNet', 'RESNET_FAMILY', 'resnet_block_config', 'slim_resnet_block']
@@ -117,7 +117,7 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return mod_cfg(**dict(dict(first_conv='conv1', classifier='fc'), **kwargs))
 
 
-default_cfgs = generate_default_cfgs(mod_default_cfgs({
+default_cfgs = generate_default_cfgs({
     'resnet18_mod': _cfg(),
     'resnet26_mod': _cfg(),
     'resnet34_mod': _cfg(),
@@ -133,7 +133,7 @@ default_cfgs = generate_default_cfgs(mod_default_cfgs({
     'resnet86_mod_lk': _cfg(),
     'resnet50d_mod': _cfg(first_conv='conv1.0'),
     'seresnext50_32x4d_mod': _cfg(),
-}))
+})
 
 
 @register_model

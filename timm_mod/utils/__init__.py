@@ -1,2 +1,2 @@
-""" Leaf helpers that import nothing else of timm_mod: outputs written whole, tables and figures, side-by-side
-timing, ImageFolder checks, the in-memory data path, ONNX and the CPU runtimes, the packaged data folders."""
+""" Leaf helpers that know nothing of MoD, training or the CLI, and import nothing else of timm_mod: outputs written
+whole, folders locked and checked, tables, side-by-side timing, ImageFolder checks, the packaged data folders."""

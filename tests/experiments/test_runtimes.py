@@ -12,7 +12,7 @@ import torch.nn as nn
 from onnx import numpy_helper
 
 from timm_mod import MoDBlock
-from timm_mod.utils.runtimes import RUNTIMES, export_onnx, quantize_int8, routing_nodes, runtime_session
+from timm_mod.experiments.runtimes import RUNTIMES, export_onnx, quantize_int8, routing_nodes, runtime_session
 
 
 @pytest.mark.parametrize('name, kwargs', [

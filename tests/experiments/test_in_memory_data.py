@@ -14,7 +14,7 @@ from timm_mod.experiments.compare import ModelSpec, compare
 from timm_mod.experiments.recipe import complete_train_args, load_train_args
 from timm_mod.experiments.training import train_and_evaluate
 from timm_mod.utils.image_folder import check_class_maps
-from timm_mod.utils.in_memory_data import (
+from timm_mod.experiments.in_memory_data import (
     InMemorySplit, eval_batches, eval_split, in_memory_unsupported, resized_crops, train_batches)
 
 from conftest import TINY_RECIPE, write_noise_folder

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .output import fresh_folder, scratch_folder, staged_output
+from ..utils.output import fresh_folder, scratch_folder, staged_output
 
 if TYPE_CHECKING:  # imported where used: each runtime is an optional extra
     import onnx

@@ -22,9 +22,7 @@ from timm.models import save_for_hf
 from ..layers import mod_blocks
 from ..utils.output import check_replaceable_folder, staged_output
 from ..utils.package_data import package_file
-from ._family import find_family
-from .checkpoint import Checkpoint, model_from_checkpoint
-from .zoo import OUR_MODELS, PAPER_MODELS, measure
+from ..models import OUR_MODELS, PAPER_MODELS, Checkpoint, find_family, measure, model_from_checkpoint
 
 __all__ = ['read_results', 'reconstruction_args', 'render_model_card', 'check_hub_access', 'publish']
 
