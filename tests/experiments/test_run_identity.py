@@ -38,6 +38,9 @@ def test_the_same_model_in_any_spelling_is_one_run(image_folder: Path, tmp_path:
         'resnet18@channels=(32,64,128,256)'
     assert ModelSpec.parse('resnet18:zero_init_last=False').canonical(2).kwargs == {'zero_init_last': False}, \
         'a kwarg that changes only the initial weights is kept'
+    assert ModelSpec.parse('resnet18_mod:selector_decay=False').canonical(2).kwargs == {'selector_decay': False}, \
+        'a kwarg that changes no weight but how the model trains is kept'
+    assert ModelSpec.parse('resnet18_mod:selector_decay=True').canonical(2).kwargs == {}
 
     _, first = _study(['resnet18_mod:c=16,r=8'], image_folder, tmp_path)
     trained = _listing(tmp_path)

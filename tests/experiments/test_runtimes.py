@@ -75,11 +75,12 @@ def test_routing_nodes_are_the_selectors_from_pooling_to_top_k(tmp_path: Path) -
     assert ops['ReduceSum'] == ops['Sigmoid'] == 4 and not ops.keys() & {'Conv', 'Gather', 'TopK', 'Add'}
 
 
-def test_int8_export_quantizes_the_convolutions_and_keeps_routing_and_stem_float(tmp_path: Path) -> None:
+@pytest.mark.parametrize('kwargs', [{}, {'selector_act': 'gelu'}], ids=['default', 'gelu-selector'])
+def test_int8_export_quantizes_the_convolutions_and_keeps_routing_and_stem_float(tmp_path: Path, kwargs) -> None:
     """ QDQ int8: every Conv but the one reading the image reads int8 weights through DequantizeLinear, that one
-    reads the float image and float weights, no routing node reads a dequantized tensor, and the file runs in both
-    runtimes at the batch it was calibrated on and at another (dynamic batch)."""
-    model = timm.create_model('resnet18_mod').eval()
+    reads the float image and float weights, no routing node reads a dequantized tensor (whatever the selector's
+    activation), and the file runs in both runtimes at the batch it was calibrated on and at another."""
+    model = timm.create_model('resnet18_mod', **kwargs).eval()
     fp32 = export_onnx(model, tmp_path / 'm.onnx', (2, 3, 64, 64), dynamic_batch=True)
     rng = np.random.default_rng(0)
     calibration = [rng.standard_normal((2, 3, 64, 64), dtype=np.float32) for _ in range(2)]

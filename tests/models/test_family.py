@@ -337,3 +337,38 @@ def test_every_entry_point_gives_every_block_the_same_mod_arguments(plain_name: 
         assert blocks and {block.args for block in blocks} == {wanted}
         assert all(block.selector.fc1.out_features == max(1, block.in_channels // 8) for block in blocks)
         assert model.num_classes == 7
+
+
+@pytest.mark.parametrize('build', ['registered', 'to_mod'])
+def test_selector_decay_false_takes_exactly_the_selectors_out_of_timms_weight_decay(build: str) -> None:
+    """ timm's optimizer factory (train.py's) decays every weight matrix and leaves 1-d parameters alone; with
+    selector_decay=False the selectors' weights join the undecayed group and nothing else moves."""
+    from timm.optim import create_optimizer_v2
+
+    def decayed(model: nn.Module) -> set:
+        names = {id(p): n for n, p in model.named_parameters()}
+        optimizer = create_optimizer_v2(model, 'sgd', lr=0.1, weight_decay=5e-4)
+        return {names[id(p)] for group in optimizer.param_groups if group['weight_decay'] > 0 for p in group['params']}
+
+    def make(**options) -> nn.Module:
+        if build == 'registered':
+            return timm.create_model('resnet18_mod', **options)
+        return to_mod(timm.create_model('resnet18'), c=64, **options)
+    default, without = decayed(make()), decayed(make(selector_decay=False))
+    selectors = {name for name in default if '.selector.' in name}
+    assert len(selectors) == 8 and without == default - selectors
+    assert all(name.endswith('.weight') for name in selectors)
+    copied = copy.deepcopy(make(selector_decay=False))
+    assert decayed(copied) == without
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(selector_act='prelu'), "selector_act 'prelu' has parameters"),
+    (dict(selector_act='swishy'), "Unknown MoD selector_act 'swishy'"),
+    (dict(selector_decay='no'), 'selector_decay must be True or False'),
+])
+def test_bad_selector_options_are_value_errors(kwargs, message: str) -> None:
+    for build in (lambda: timm.create_model('resnet18_mod', **kwargs),
+                  lambda: to_mod(timm.create_model('resnet18'), **kwargs)):
+        with pytest.raises(ValueError, match=message):
+            build()

@@ -100,10 +100,12 @@ def test_group_matcher_puts_mod_blocks_in_their_block_group(model_name: str) -> 
     assert sum(len(names) for names in groups.values()) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize('name', ['resnet18_mod', 'resnet50_mod_lk', 'resnet50_mod_rand', 'mobilenetv2_mod_l'])
-def test_torchscript_matches_eager(name: str) -> None:
+@pytest.mark.parametrize('name, kwargs', [
+    ('resnet18_mod', {}), ('resnet50_mod_lk', {}), ('resnet50_mod_rand', {}), ('mobilenetv2_mod_l', {}),
+    ('resnet18_mod', {'selector_act': 'gelu', 'selector_decay': False})])
+def test_torchscript_matches_eager(name: str, kwargs) -> None:
     with timm.set_scriptable(True):
-        model = timm.create_model(name).eval()
+        model = timm.create_model(name, **kwargs).eval()
     scripted = torch.jit.script(model)
     x = torch.randn(*SMALL_INPUT)
     with torch.no_grad():
@@ -302,6 +304,7 @@ EXPORT_CASES = [
     ('resnet18_mod', {'routing': 'random'}),
     ('resnet18_mod', {'fusion': 'original'}),
     ('resnet18_mod', {'fusion': 'original', 'routing': 'random'}),
+    ('resnet18_mod', {'selector_act': 'gelu', 'selector_decay': False}),
     ('mobilenetv2_mod', {}),
     ('convnext_nano_mod', {}),
     ('regnety_016_mod', {}),

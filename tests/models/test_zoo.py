@@ -43,6 +43,15 @@ def test_params_match_paper_to_the_published_digit(name: str) -> None:
     assert round(params / 1e6, published_digits(paper.params)) == float(paper.params)
 
 
+@pytest.mark.parametrize('options', [{'selector_act': 'gelu'}, {'selector_act': 'leaky_relu'},
+                                     {'selector_decay': False}], ids=lambda o: '-'.join(map(str, o.values())))
+@pytest.mark.parametrize('name', ['resnet50_mod', 'mobilenetv2_mod'])
+def test_selector_options_keep_the_papers_parameter_counts(name: str, options) -> None:
+    paper = PAPER_MODELS[name]
+    params, _ = count_params_and_macs(name, **options)
+    assert round(params / 1e6, published_digits(paper.params)) == float(paper.params)
+
+
 @pytest.mark.parametrize('name', PAPER_MODELS)
 def test_mac_ratio_matches_paper_within_3_percent(name: str) -> None:
     paper = PAPER_MODELS[name]

@@ -8,6 +8,7 @@ completed recipe and a fingerprint of the data's image listing. Started again, a
 resumes an unfinished one only when the identity matches, and refuses, naming what differs, when it does not.
 """
 import ast
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -66,8 +67,12 @@ def _canonical_value(value: Any) -> Any:
 
 
 def _plain_attribute(value: Any) -> bool:
+    """ A value that says how a module is built: plain values, sequences of them, and dataclasses of them (a MoD
+    block's `ModArgs`, where an option that changes no weight, `selector_decay`, still changes the training)."""
     if isinstance(value, (tuple, list)):
         return all(_plain_attribute(item) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return all(_plain_attribute(getattr(value, field.name)) for field in dataclasses.fields(value))
     return value is None or isinstance(value, (bool, int, float, str))
 
 

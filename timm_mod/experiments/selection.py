@@ -62,7 +62,8 @@ class BlockSummary:
 class SelectorState:
     """ What one selector does on a batch, in eval mode: whether it still scores the channels apart.
 
-    A hidden ReLU unit is dead when its input is <= 0 for every image (it passes nothing and gets no gradient);
+    A hidden unit is dead when its input is <= 0 for every image (behind the paper's ReLU it then passes nothing
+    and gets no gradient; behind another `selector_act` it is only counted);
     the spread is, per image, the highest channel score minus the lowest, averaged over the images (0: every
     channel scored alike, so top-k is the tie rule); `distinct_channels` is how many channels some image routes.
     The norms are of both layers' weights together, the gradient's as left by the last training step (None in a

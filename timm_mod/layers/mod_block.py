@@ -17,12 +17,15 @@ import torch.nn as nn
 from .fusion import FUSION_TARGETS, check_fusion, fuse
 from .routing import (
     ROUTING_MODES, check_routing, fixed_channel_indices, gather_channels, random_channel_indices, top_k_channels)
-from .selector import ChannelSelector, require_positive_int
+from .selector import ChannelSelector, check_selector_act, require_positive_int
 
 __all__ = [
     'FUSION_TARGETS', 'ROUTING_MODES', 'ModArgs', 'MoDBlock', 'check_mod_options', 'mod_width', 'mod_blocks',
     'has_mod_blocks', 'selector_blocks', 'routing_hooks',
 ]
+
+
+SELECTOR_ARGS = ('r', 'selector_act', 'selector_decay')  # meaningless without a selector (random routing)
 
 
 @dataclass(frozen=True)
@@ -37,17 +40,25 @@ class ModArgs:
             'last' k (MoD-lk), or 'original', back where they were gathered from (Table 10).
         routing: How the k channels are picked (`ROUTING_MODES`): 'learned' by the selector, or 'random'
             (no selector, scores fixed at 1; the paper's "MoD rand.").
+        selector_act: The selector's hidden activation, a timm name without parameters ('relu', the paper's).
+        selector_decay: False leaves the selectors out of weight decay: the model's `no_weight_decay()` names
+            them, which timm's optimizer factory (and so train.py) honours. Parameter counts stay the paper's.
     """
     c: int
     r: int = 16
     fusion: str = 'first'
     routing: str = 'learned'
+    selector_act: str = 'relu'
+    selector_decay: bool = True
 
     def __post_init__(self) -> None:
         require_positive_int(self.c, 'channel divisor', 'c')
         require_positive_int(self.r, 'selector reduction', 'r')
         check_fusion(self.fusion)
         check_routing(self.routing)
+        check_selector_act(self.selector_act)
+        if not isinstance(self.selector_decay, bool):
+            raise ValueError(f'MoD selector_decay must be True or False, got {self.selector_decay!r}.')
 
     @classmethod
     def pop_from(cls, kwargs: Dict[str, Any], **defaults: Any) -> 'ModArgs':
@@ -56,10 +67,13 @@ class ModArgs:
         return cls(**dict(defaults, **given))
 
     def as_kwargs(self) -> Dict[str, Any]:
-        """ The arguments as `to_mod` and the registered models take them; the selector's only where one exists."""
-        kwargs = asdict(self)
+        """ What rebuilds these arguments, as `to_mod` and the registered models take them: c, fusion, routing and
+        r always (r only with a selector), the other options where they differ from their default."""
+        defaults = ModArgs(self.c)
+        kwargs = {name: value for name, value in asdict(self).items()
+                  if name in ('c', 'r', 'fusion', 'routing') or value != getattr(defaults, name)}
         if self.routing != 'learned':
-            del kwargs['r']
+            kwargs = {name: value for name, value in kwargs.items() if name not in SELECTOR_ARGS}
         return kwargs
 
 
@@ -111,7 +125,8 @@ class MoDBlock(nn.Module):
         self.k = mod_width(in_channels, self.c)
         self.fusion = self.args.fusion
         learned = self.args.routing == 'learned'
-        self.selector = ChannelSelector(in_channels, self.args.r, device=device, dtype=dtype) if learned else None
+        self.selector = ChannelSelector(
+            in_channels, self.args.r, self.args.selector_act, device=device, dtype=dtype) if learned else None
         # random routing in eval mode: a per-sample draw would have to hash the sample's values, and float sums
         # round differently with the batch size, the runtime and the compiler: a fixed draw is the same everywhere
         self.register_buffer(

@@ -3,13 +3,27 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.layers import create_act_layer
 
-__all__ = ['ChannelSelector', 'require_positive_int']
+__all__ = ['ChannelSelector', 'check_selector_act', 'require_positive_int']
 
 
 def require_positive_int(value: Any, meaning: str, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f'MoD {meaning} {name} must be a positive integer, got {name}={value!r}.')
+
+
+def check_selector_act(act: str) -> None:
+    """ A clear error for an activation timm does not know, or one with parameters (which would change the paper's
+    parameter counts)."""
+    try:
+        layer = create_act_layer(act)
+    except Exception as error:
+        raise ValueError(f'Unknown MoD selector_act {act!r} ({error}); give a timm activation name such as '
+                         f"'relu' (the paper's), 'gelu', 'silu' or 'leaky_relu'.") from None
+    if layer is None or any(True for _ in layer.parameters()):
+        raise ValueError(f'MoD selector_act {act!r} has parameters or is no activation; choose one without, so the '
+                         f'paper\'s parameter counts hold (\'relu\', \'gelu\', \'silu\', \'leaky_relu\', ...).')
 
 
 class ChannelSelector(nn.Module):
@@ -24,6 +38,7 @@ class ChannelSelector(nn.Module):
             self,
             channels: int,
             r: int = 16,
+            act: str = 'relu',
             device=None,
             dtype=None,
     ) -> None:
@@ -31,6 +46,7 @@ class ChannelSelector(nn.Module):
         Args:
             channels: Number of input channels C.
             r: Reduction of the hidden layer, C // r units (at least one).
+            act: The hidden activation, a timm activation name without parameters (the paper's ReLU).
         """
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
@@ -38,7 +54,7 @@ class ChannelSelector(nn.Module):
         self.r = r
         hidden = max(1, channels // r)
         self.fc1 = nn.Linear(channels, hidden, bias=False, **dd)
-        self.act = nn.ReLU(inplace=True)
+        self.act = create_act_layer(act, inplace=True)
         self.fc2 = nn.Linear(hidden, channels, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ same for a stage of a model of one's own.
 """
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Type, Union
 
 import torch.nn as nn
 
@@ -15,7 +15,7 @@ from ..layers import ModArgs, MoDBlock, has_mod_blocks, mod_width
 __all__ = [
     'SlimBlockFn', 'UnsupportedModelError', 'block_in_channels', 'norm_layer_of', 'every_second_block',
     'mod_every_second_block', 'mod_block_for', 'ModFamily', 'MOD_FAMILIES', 'register_family', 'find_family',
-    'mod_positions', 'default_c', 'apply_mod', 'to_mod',
+    'mod_positions', 'default_c', 'apply_mod', 'to_mod', 'SelectorsWithoutDecay',
 ]
 
 SlimBlockFn = Callable[[nn.Module, int], nn.Module]
@@ -214,7 +214,23 @@ def apply_mod(
         built.append((stage, name, _family_call(family, path, dense, build)))
     for stage, name, block in built:
         setattr(stage, name, block)
+    if not args.selector_decay and args.routing == 'learned':
+        model.no_weight_decay = SelectorsWithoutDecay(model)
     return model
+
+
+class SelectorsWithoutDecay:
+    """ A model's `no_weight_decay()` for `selector_decay=False`: what the model's class leaves out of weight decay
+    (none in the supported families' timm classes), and every selector's parameters. timm's optimizer factory reads
+    it, so train.py and compare honour the option. A plain object, so that models pickle and deep-copy."""
+
+    def __init__(self, model: nn.Module) -> None:
+        inherited = type(model).no_weight_decay(model) if hasattr(type(model), 'no_weight_decay') else ()
+        self.names = frozenset(inherited) | {f'{path}.selector.*' for path, block in model.named_modules()
+                                             if isinstance(block, MoDBlock) and block.selector is not None}
+
+    def __call__(self) -> Set[str]:
+        return set(self.names)
 
 
 def to_mod(
