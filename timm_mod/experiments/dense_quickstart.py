@@ -7,10 +7,12 @@ validation splits made from disjoint digits. `run_dense_quickstart` trains the M
 torchvision head over its plain timm counterpart, then evaluates both (mAP / mAP50 with torchmetrics,
 mIoU / mAcc / aAcc from the confusion matrix) and times them side by side.
 """
+import itertools
 import json
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -29,6 +31,7 @@ from ..utils.image_folder import stratified_split
 from ..utils.output import staged_output
 from ..utils.tables import format_table
 from ..utils.timing import time_side_by_side
+from .training import train_one_epoch
 
 __all__ = [
     'DENSE_SPLITS', 'DEFAULT_DENSE_DIR', 'TASKS', 'write_dense_data', 'check_dense_folder', 'DigitScenes',
@@ -291,21 +294,13 @@ def train_dense(
     scheduler, _ = create_scheduler_v2(
         optimizer, 'cosine', num_epochs=epochs * steps_per_epoch, warmup_epochs=min(100, steps_per_epoch),
         warmup_lr=lr / 100, min_lr=lr / 100)
-    losses, step = [], 0
+    losses, steps = [], itertools.count(1)
     for epoch in range(epochs):
         model.train()
-        start, total = time.time(), 0.0
-        for batch, (images, targets) in enumerate(loader):
-            if batch == steps_per_epoch:
-                break
-            loss = _loss(task, model, images, targets)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            scheduler.step_update(step)
-            total += loss.item()
-        losses.append(total / steps_per_epoch)
+        start = time.time()
+        loss, _ = train_one_epoch(loader, partial(_loss, task, model), optimizer,
+                                  after_step=lambda: scheduler.step_update(next(steps)), max_steps=steps_per_epoch)
+        losses.append(loss)
         if progress:
             print(f'{task} {backbone}  epoch {epoch + 1}/{epochs}  loss {losses[-1]:.3f}  '
                   f'({time.time() - start:.1f} s)', file=sys.stderr, flush=True)

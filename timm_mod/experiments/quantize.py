@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import routing_hooks, selector_blocks
-from ..utils.image_folder import check_class_maps, check_image_folder
+from ..utils.image_folder import check_class_maps, eval_image_folder
 from ..utils.output import check_replaceable_folder, fresh_folder, staged_output
 from .runtimes import (
     RUNTIMES, export_onnx, quantize_int8, require_runtime, runtime_outputs, with_routing_outputs)
@@ -47,10 +47,7 @@ def _split_loader(data_dir: Path, split: str, data_config: Dict, batch_size: int
                   limit: Optional[int] = None) -> 'torch.utils.data.DataLoader':
     """ An ImageFolder split through timm's eval transform, labelled with the training split's `class_map`;
     `limit` takes that many images spread over the classes (a seeded shuffle), for calibration."""
-    from timm.data import create_dataset, create_transform
-    check_image_folder(data_dir, split)
-    dataset = create_dataset('', root=str(data_dir), split=split, class_map=class_map)
-    dataset.transform = create_transform(**data_config)
+    dataset = eval_image_folder(data_dir, split, data_config, class_map)
     if limit is not None:
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit]
         dataset = torch.utils.data.Subset(dataset, order.tolist())

@@ -17,10 +17,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from timm.data import create_dataset, create_transform, resolve_data_config
+from timm.data import resolve_data_config
 
 from ..layers import MoDBlock, fixed_channel_indices, routing_hooks, selector_blocks, top_k_channels
-from ..utils.image_folder import check_image_folder
+from ..utils.image_folder import eval_image_folder
 from ..utils.output import check_output_folder, staged_output
 from ..utils.tables import pyplot, save_figure
 
@@ -187,8 +187,7 @@ def count_selections(
     if batch_size < 1:
         raise ValueError(f'--batch-size must be at least 1, got {batch_size}.')
     blocks = _selector_blocks(model)
-    check_image_folder(data_dir, split)
-    dataset = create_dataset('', root=str(data_dir), split=split)
+    dataset = eval_image_folder(data_dir, split, data_config or resolve_data_config({}, model=model))
     class_to_idx = dataset.reader.class_to_idx
     class_names = sorted(class_to_idx, key=class_to_idx.get)
     wanted = set(class_names if classes is None else classes)
@@ -201,8 +200,6 @@ def count_selections(
         if class_names[target] in wanted and (max_per_class is None or taken.get(target, 0) < max_per_class):
             taken[target] = taken.get(target, 0) + 1
             keep.append(index)
-    config = data_config or resolve_data_config({}, model=model)
-    dataset.transform = create_transform(**config)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, keep), batch_size=batch_size)
 
     counts = {

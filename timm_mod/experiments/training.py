@@ -13,6 +13,7 @@ resumed run trains exactly as an uninterrupted one.
 """
 import argparse
 import contextlib
+import itertools
 import shutil
 import sys
 import time
@@ -33,13 +34,12 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import LogitDistillationTask
 from timm.utils import AverageMeter, CheckpointSaver, accuracy, random_seed
 
-from ..models import is_mod_model_name, measure, require_registered
 from ..layers import selector_blocks
-from ..models import infer_num_classes, load_checkpoint_file
+from ..models import infer_num_classes, is_mod_model_name, load_checkpoint_file, measure, require_registered
 from ..utils.image_folder import check_class_maps, split_fingerprint
+from ..utils.output import stop_if_terminated
 from .in_memory_data import (
     DATA_PATHS, InMemorySplit, eval_batches, eval_split, in_memory_unsupported, train_batches)
-from ..utils.output import stop_if_terminated
 from .recipe import check_initial_checkpoint, complete_train_args
 from .selection import PROBE_IMAGES, selector_states
 
@@ -270,6 +270,39 @@ def _check_same_data(recorded: Optional[argparse.Namespace], cfg: argparse.Names
                              f'same {option}, or remove {last.parent} to train that run from the start.')
 
 
+def train_one_epoch(
+        batches: Iterable[Tuple[Any, Any]],
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+        after_step: Optional[Callable[[], None]] = None,
+        max_steps: Optional[int] = None,
+) -> Tuple[float, float]:
+    """ The steps every training here takes (compare's runs and both quickstarts): for each batch, the loss, its
+    gradient and an optimizer step, then `after_step` (a per-step scheduler). A SIGTERM stops it between steps.
+
+    Returns the mean loss per sample and the seconds spent waiting for batches.
+    """
+    losses, data_seconds = AverageMeter(), 0.0
+    batches = iter(batches)
+    for _ in range(max_steps) if max_steps is not None else itertools.count():
+        fetch = time.perf_counter()
+        inputs, targets = next(batches, (None, None))
+        data_seconds += time.perf_counter() - fetch
+        if inputs is None:
+            break
+        stop_if_terminated()
+        with autocast():
+            loss = loss_fn(inputs, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+        losses.update(loss.item(), len(inputs))
+    return losses.avg, data_seconds
+
+
 def num_classes_kwargs(num_classes: Optional[int]) -> Dict[str, int]:
     """ create_model's num_classes, left to the model's default where train.py leaves it (None)."""
     return {} if num_classes is None else dict(num_classes=num_classes)
@@ -358,35 +391,22 @@ def train_and_evaluate(
     for epoch in range(start_epoch, num_epochs):
         epoch_seed = _epoch_seed(cfg.seed, epoch)
         random_seed(epoch_seed)  # torch, numpy and Python's random (timm's crops draw from it)
-        start, losses, data_seconds = time.perf_counter(), AverageMeter(), 0.0
+        start = time.perf_counter()
         model.train()
-        batches = iter(train_epoch(epoch_seed))
-        while True:
-            fetch = time.perf_counter()
-            images, targets = next(batches, (None, None))
-            data_seconds += time.perf_counter() - fetch
-            if images is None:
-                break
-            stop_if_terminated()
-            with autocast():
-                loss = loss_fn(images, targets)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.update(loss.item(), images.shape[0])
+        train_loss, data_seconds = train_one_epoch(train_epoch(epoch_seed), loss_fn, optimizer, autocast)
         scheduler.step(epoch + 1)
         epoch_seconds = time.perf_counter() - start
         top1, eval_seconds = None, 0.0
         if (epoch + 1) % cfg.val_interval == 0 or epoch + 1 == num_epochs:  # train.py's val_interval
             top1, eval_seconds = _evaluate(model, evaluate(), autocast), time.perf_counter() - start - epoch_seconds
-        cfg.curve.append(dict(epoch=epoch + 1, train_loss=losses.avg, top1=top1, train_seconds=epoch_seconds,
+        cfg.curve.append(dict(epoch=epoch + 1, train_loss=train_loss, top1=top1, train_seconds=epoch_seconds,
                               data_seconds=data_seconds, eval_seconds=eval_seconds))
         if probe is not None:  # whether the selectors still tell channels apart, after this epoch's last step
             cfg.curve[-1]['selectors'] = {name: asdict(state) for name, state in selector_states(model, probe).items()}
         _save_checkpoint(saver, epoch, top1)  # the curve travels in the checkpoint's args, so a resumed run keeps it
         if progress:
             held_out = '' if top1 is None else f'  held-out top-1 {top1:.2f}'
-            print(f'{progress_prefix}epoch {epoch + 1}/{num_epochs}  loss {losses.avg:.3f}{held_out}  '
+            print(f'{progress_prefix}epoch {epoch + 1}/{num_epochs}  loss {train_loss:.3f}{held_out}  '
                   f'({epoch_seconds:.1f} s, data {data_seconds:.1f} s; eval {eval_seconds:.1f} s)',
                   file=sys.stderr, flush=True)
 

@@ -6,7 +6,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['check_image_folder', 'split_classes', 'check_class_maps', 'split_fingerprint', 'stratified_split']
+__all__ = [
+    'check_image_folder', 'eval_image_folder', 'split_classes', 'check_class_maps', 'split_fingerprint',
+    'stratified_split',
+]
 
 
 def check_image_folder(root: Path, split: str) -> Path:
@@ -19,6 +22,17 @@ def check_image_folder(root: Path, split: str) -> Path:
             f'{folder} has no class subfolders: an ImageFolder split holds one folder per class, '
             f'{folder}/<class name>/<image files>.')
     return folder
+
+
+def eval_image_folder(root: Path, split: str, data_config: Dict[str, Any],
+                      class_map: Optional[Dict[str, int]] = None) -> Any:
+    """ A checked split as timm's dataset, through timm's eval transform for `data_config`; labelled with
+    `class_map` (the training split's) where given, else by its own folders."""
+    from timm.data import create_dataset, create_transform
+    check_image_folder(root, split)
+    dataset = create_dataset('', root=str(root), split=split, class_map=class_map)
+    dataset.transform = create_transform(**data_config)
+    return dataset
 
 
 def split_classes(root: Path, split: str) -> Dict[str, int]:
