@@ -179,9 +179,10 @@ def test_an_initial_checkpoint_that_does_not_fit_is_refused_before_any_training(
     torch.save(timm.create_model('resnet34', num_classes=2).state_dict(), other)
     five_classes = tmp_path / 'resnet18_5.pth'
     torch.save(timm.create_model('resnet18', num_classes=5).state_dict(), five_classes)
-    for path, message in ((other, r'is not a resnet18 checkpoint: 0 weights missing \(\), 96 unknown \(layer1.2'),
-                          (five_classes, r'fc.weight is \(5, 512\), the model has \(2, 512\) \(a classifier of 5 '
-                                         r'classes\)')):
+    for path, message in ((other, r'does not fit resnet18 with num_classes 2: the checkpoint has layer1.2, layer2.2, '
+                                  r'layer2.3, layer3.2, layer3.3, layer3.4 the model lacks'),
+                          (five_classes, r'does not fit resnet18 with num_classes 2: the classifier has 5 classes in '
+                                         r'the checkpoint, 2 in the model: pass num_classes=5')):
         with pytest.raises(ValueError, match=message):
             compare([ModelSpec('resnet18'), ModelSpec('resnet18_mod')], dict(TINY_RECIPE, initial_checkpoint=str(path)),
                     image_folder, tmp_path / 'out', measure_speed=False, progress=False)

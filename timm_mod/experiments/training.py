@@ -35,7 +35,9 @@ from timm.task import LogitDistillationTask
 from timm.utils import AverageMeter, CheckpointSaver, accuracy, random_seed
 
 from ..layers import selector_blocks
-from ..models import infer_num_classes, is_mod_model_name, load_checkpoint_file, measure, require_registered
+from ..models import (
+    describe_state_dict_mismatch, infer_num_classes, is_mod_model_name, load_checkpoint_file, measure,
+    require_registered)
 from ..utils.image_folder import check_class_maps, split_fingerprint
 from ..utils.output import stop_if_terminated
 from .in_memory_data import (
@@ -178,32 +180,20 @@ def check_trainable_split(data_dir: Path, split: str, batch_size: int) -> None:
 
 
 def check_initial_weights(model_name: str, model_kwargs: Dict[str, Any], train_args: Dict[str, Any]) -> None:
-    """ A clear error before any training when the arg file's `initial_checkpoint` does not fit the model: another
-    architecture (keys missing or extra) or another class count (the classifier's shape)."""
+    """ A clear error before any training when the arg file's `initial_checkpoint` does not fit the model (another
+    architecture, c, r, routing or class count), named as `describe_state_dict_mismatch` names it."""
     path = train_args.get('initial_checkpoint')
     if not path:
         return
-    weights = load_state_dict(path)
-    expected = timm.create_model(model_name, device='meta', **num_classes_kwargs(train_args.get('num_classes')),
-                                 **model_kwargs).state_dict()
-    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    if missing or extra:
+    model = timm.create_model(model_name, device='meta', **num_classes_kwargs(train_args.get('num_classes')),
+                              **model_kwargs)
+    mismatch = describe_state_dict_mismatch(model, load_state_dict(path))
+    if mismatch:
         convert = (f' (`timm-mod convert --model {model_name}` makes one from its plain counterpart)'
                    if is_mod_model_name(model_name) else '')
-        raise ValueError(f'initial_checkpoint {path} is not a {model_name} checkpoint: {len(missing)} weights missing '
-                         f'({", ".join(missing[:3])}{" ..." if len(missing) > 3 else ""}), {len(extra)} unknown '
-                         f'({", ".join(extra[:3])}{" ..." if len(extra) > 3 else ""}); give one written for this model'
-                         f'{convert}.')
-    wrong = [(key, tuple(weights[key].shape), tuple(value.shape)) for key, value in expected.items()
-             if tuple(weights[key].shape) != tuple(value.shape)]
-    if wrong:
-        key, found, wanted = wrong[0]
-        classifier = key.startswith(timm.create_model(model_name, device='meta', **model_kwargs).default_cfg.get(
-            'classifier', 'fc'))
         raise ValueError(f'initial_checkpoint {path} does not fit {model_name} with num_classes '
-                         f'{train_args.get("num_classes")}: {key} is {found}, the model has {wanted}'
-                         f'{f" (a classifier of {found[0]} classes)" if classifier else ""}; set num_classes to the '
-                         f'checkpoint\'s, or give a checkpoint of this model and class count.')
+                         f'{train_args.get("num_classes")}: {mismatch}; give a checkpoint written for this model and '
+                         f'class count{convert}.')
 
 
 def load_teacher(source: str, num_classes: Optional[int]) -> nn.Module:
