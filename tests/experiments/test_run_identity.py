@@ -124,11 +124,12 @@ def test_no_output_inside_the_data(image_folder: Path, tmp_path: Path) -> None:
 def test_ctrl_c_is_one_line_saying_how_to_resume(image_folder: Path, recipe_file: Path, tmp_path: Path) -> None:
     process = subprocess.Popen(
         [str(CONSOLE_SCRIPT), 'compare', '-c', str(recipe_file), '--data-dir', str(image_folder), '--output-dir',
-         str(tmp_path / 'study'), '--models', 'resnet18', '--no-speed'],
+         str(tmp_path / 'study'), '--models', 'resnet18', '--no-speed', '--epochs', '30'],  # long enough to interrupt
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (tmp_path / 'study' / 'resnet18' / 'seed0' / 'last.pth.tar').exists() and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert process.poll() is None, 'the study must still be running'
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     last_line = stderr.strip().splitlines()[-1]
