@@ -125,7 +125,9 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(image_folder: Path, recipe_file
     process = subprocess.Popen(
         [str(CONSOLE_SCRIPT), 'compare', '-c', str(recipe_file), '--data-dir', str(image_folder), '--output-dir',
          str(tmp_path / 'study'), '--models', 'resnet18', '--no-speed', '--epochs', '30'],  # long enough to interrupt
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # as in a terminal: a test runner started in the background (`cmd &`) passes SIGINT on ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not (tmp_path / 'study' / 'resnet18' / 'seed0' / 'last.pth.tar').exists() and time.monotonic() < deadline:
         time.sleep(0.01)
