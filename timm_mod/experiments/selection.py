@@ -103,9 +103,9 @@ def fixed_random_routing(model: nn.Module, seed: int = 0) -> Iterator[Dict[str, 
     """ Inside the block, every MoD block with a selector routes one fixed random set of k channels (drawn from
     `seed`, the same for every image), each still scaled by its selector score: only the learned choice of
     channels is taken away. Yields the channels drawn per block; the blocks route as before on exit."""
+    blocks = selector_blocks(model)
     generator = torch.Generator().manual_seed(seed)
-    drawn = {name: torch.randperm(block.in_channels, generator=generator)[:block.k]
-             for name, block in selector_blocks(model).items()}
+    drawn = {name: torch.randperm(block.in_channels, generator=generator)[:block.k] for name, block in blocks.items()}
 
     def fixed_route(block: MoDBlock, channels: torch.Tensor):
         def route(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +113,6 @@ def fixed_random_routing(model: nn.Module, seed: int = 0) -> Iterator[Dict[str, 
             return indices, block.selector(x).gather(1, indices)
         return route
 
-    blocks = selector_blocks(model)
     try:
         for name, block in blocks.items():
             block.route = fixed_route(block, drawn[name])  # the instance attribute shadows MoDBlock.route
