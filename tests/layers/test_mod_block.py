@@ -165,6 +165,40 @@ def test_training_path_gradients_are_exact() -> None:
     assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize('training', [False, True], ids=['eval', 'train'])
+def test_straight_through_scores_add_the_update_unscaled_and_get_the_scaling_gradient(training: bool) -> None:
+    """ Written out by hand: the routed channels are the selector's top k, the update enters unscaled
+    (x[:, :k] + slim(x[:, top k])), and in training each routed channel's score receives d loss / d score of the
+    scaled form, sum over pixels of (d loss / d out[:, j]) * update[:, j]; channels not routed receive none."""
+    block = MoDBlock(CHANNELS, lambda k: BasicBlock(k, k), c=C_DIVISOR, score_scaling='straight_through')
+    block.train(training)
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()  # the hand computation below runs the slim block a second time
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(3, CHANNELS, 5, 4)
+    kept = {}
+    block.selector.register_forward_hook(lambda _m, _i, scores: kept.update(scores=scores) or scores.retain_grad())
+    out = block(x)
+    scores = kept['scores']
+    with torch.no_grad():
+        orders = scores.argsort(dim=1, descending=True, stable=True)[:, :K]
+        updates = torch.cat([block.block(x[b:b + 1, orders[b]]) for b in range(x.shape[0])])
+        expected = x.clone()
+        expected[:, :K] += updates
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    if not training:
+        return
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+    expected_grad = torch.zeros_like(scores)
+    for b in range(x.shape[0]):
+        expected_grad[b, orders[b]] = (upstream[b, :K] * updates[b]).sum((1, 2))
+    assert (expected_grad[0, orders[0]] != 0).all()
+    torch.testing.assert_close(scores.grad, expected_grad, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.selector.parameters())
+
+
 def test_random_routing_has_no_selector_and_training_is_reproducible() -> None:
     block = make_block(routing='random').train()
     assert block.selector is None
@@ -334,6 +368,7 @@ def test_invalid_c_is_a_clear_error(c, message: str) -> None:
     (dict(fusion='middle'), "fusion 'middle'"),
     (dict(routing='greedy'), "routing 'greedy'"),
     (dict(r=0), 'reduction r'),
+    (dict(score_scaling='softmax'), "score_scaling 'softmax'"),
 ])
 def test_invalid_options_are_clear_errors(kwargs, message: str) -> None:
     with pytest.raises(ValueError, match=message):

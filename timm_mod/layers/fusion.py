@@ -24,16 +24,40 @@ from timm.layers import register_notrace_function
 
 from .routing import is_exporting
 
-__all__ = ['FUSION_TARGETS', 'check_fusion', 'fuse', 'fuse_channels', 'fuse_at_indices']
+__all__ = [
+    'FUSION_TARGETS', 'SCORE_SCALINGS', 'check_fusion', 'check_score_scaling', 'fusion_scale', 'fuse', 'fuse_channels',
+    'fuse_at_indices']
 
 FUSION_TARGETS = ('first', 'last', 'original')
 """ Where a MoD block adds its processed channels: the first k channels (the paper's MoD), the last k (MoD-lk), or
 the channels they were gathered from (Table 10's comparison, which the paper finds worse at every c)."""
 
 
+SCORE_SCALINGS = ('multiply', 'straight_through')
+""" How the selector's scores enter the fused update: 'multiply' scales it by them (the paper's MoD); 'straight_through'
+adds it unscaled and gives the scores the gradient they would get if they scaled it. The paper's scale is one a slim
+block's last norm layer can absorb (a block that wants its update twice as large when every score is 0.5 just learns
+it), so with 'straight_through' the scores can change only which channels are routed, and are pushed by how much each
+routed channel's update helps."""
+
+
 def check_fusion(fusion: str) -> None:
     if fusion not in FUSION_TARGETS:
         raise ValueError(f'Unknown MoD fusion {fusion!r}; choose one of {FUSION_TARGETS}.')
+
+
+def check_score_scaling(score_scaling: str) -> None:
+    if score_scaling not in SCORE_SCALINGS:
+        raise ValueError(f'Unknown MoD score_scaling {score_scaling!r}; choose one of {SCORE_SCALINGS}.')
+
+
+def fusion_scale(scores: Optional[torch.Tensor], score_scaling: str, training: bool) -> Optional[torch.Tensor]:
+    """ What multiplies the update for `score_scaling` (`SCORE_SCALINGS`); None leaves it unscaled. Straight-through
+    is `scores - scores.detach() + 1`: exactly 1 in value (a float minus itself is 0), the scores' gradient in the
+    backward pass; in eval mode, where nothing flows back, and so in every export, the update is simply unscaled."""
+    if scores is None or score_scaling == 'multiply':
+        return scores
+    return scores - scores.detach() + 1.0 if training else None
 
 
 def _fixed_size(x: torch.Tensor, dim: int) -> int:

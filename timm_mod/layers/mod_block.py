@@ -14,18 +14,18 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .fusion import FUSION_TARGETS, check_fusion, fuse
+from .fusion import FUSION_TARGETS, SCORE_SCALINGS, check_fusion, check_score_scaling, fuse, fusion_scale
 from .routing import (
     ROUTING_MODES, check_routing, fixed_channel_indices, gather_channels, random_channel_indices, top_k_channels)
 from .selector import ChannelSelector, check_selector_act, require_positive_int
 
 __all__ = [
-    'FUSION_TARGETS', 'ROUTING_MODES', 'ModArgs', 'MoDBlock', 'check_mod_options', 'mod_width', 'mod_blocks',
+    'FUSION_TARGETS', 'ROUTING_MODES', 'SCORE_SCALINGS', 'ModArgs', 'MoDBlock', 'check_mod_options', 'mod_width', 'mod_blocks',
     'has_mod_blocks', 'selector_blocks', 'routing_hooks',
 ]
 
 
-SELECTOR_ARGS = ('r', 'selector_act', 'selector_decay')  # meaningless without a selector (random routing)
+SELECTOR_ARGS = ('r', 'selector_act', 'selector_decay', 'score_scaling')  # meaningless without a selector (random routing)
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class ModArgs:
         selector_act: The selector's hidden activation, a timm name without parameters ('relu', the paper's).
         selector_decay: False leaves the selectors out of weight decay: the model's `no_weight_decay()` names
             them, which timm's optimizer factory (and so train.py) honours. Parameter counts stay the paper's.
+        score_scaling: How the scores enter the fused update (`SCORE_SCALINGS`): 'multiply' scales it (the
+            paper's), 'straight_through' adds it unscaled and passes the scores the gradient of scaling it.
     """
     c: int
     r: int = 16
@@ -50,6 +52,7 @@ class ModArgs:
     routing: str = 'learned'
     selector_act: str = 'relu'
     selector_decay: bool = True
+    score_scaling: str = 'multiply'
 
     def __post_init__(self) -> None:
         require_positive_int(self.c, 'channel divisor', 'c')
@@ -59,6 +62,7 @@ class ModArgs:
         check_selector_act(self.selector_act)
         if not isinstance(self.selector_decay, bool):
             raise ValueError(f'MoD selector_decay must be True or False, got {self.selector_decay!r}.')
+        check_score_scaling(self.score_scaling)
 
     @classmethod
     def pop_from(cls, kwargs: Dict[str, Any], **defaults: Any) -> 'ModArgs':
@@ -124,6 +128,7 @@ class MoDBlock(nn.Module):
         self.c = self.args.c
         self.k = mod_width(in_channels, self.c)
         self.fusion = self.args.fusion
+        self.score_scaling = self.args.score_scaling
         learned = self.args.routing == 'learned'
         self.selector = ChannelSelector(
             in_channels, self.args.r, self.args.selector_act, device=device, dtype=dtype) if learned else None
@@ -151,7 +156,7 @@ class MoDBlock(nn.Module):
         indices, scores = self.route(x)
         selected = gather_channels(x, indices)
         update = self.drop_path(self.block(selected))  # per-sample drop commutes with scaling
-        return fuse(self.fusion, x, selected, update, indices, scores)
+        return fuse(self.fusion, x, selected, update, indices, fusion_scale(scores, self.score_scaling, self.training))
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, c={self.c}, k={self.k}, fusion={self.fusion}, routing={self.routing}'
