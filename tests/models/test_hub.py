@@ -49,7 +49,7 @@ def load_from_offline_hub_cache(folder: Path, cache: Path, repo_id: str, tmp_pat
 
 @pytest.mark.parametrize('model_name, model_kwargs', [
     ('resnet18_mod', {}),
-    ('resnet18_mod', {'c': 32}),
+    ('resnet18_mod', {'c': 32, 'selector_act': 'leaky_relu', 'score_scaling': 'straight_through'}),
     ('mobilenetv2_mod', {}),
     ('convnext_nano_mod', {}),
 ])
