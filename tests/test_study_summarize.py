@@ -139,3 +139,47 @@ def test_script_mistakes_are_one_line_errors_before_any_work(tmp_path: Path, arg
     assert run.returncode == 1 and run.stdout == '', run.stdout
     assert run.stderr.startswith('summarize.py: error: ') and message in run.stderr, run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ['file']
+
+
+SELECTOR_SCRIPT = Path(__file__).parents[1] / 'docs' / 'selector_study' / 'summarize.py'
+
+
+def test_selector_study_table_from_made_up_runs(tmp_path: Path, monkeypatch) -> None:
+    """ docs/selector_study/summarize.py: runs collected from the study folders, one row per arm with top-1, the
+    routing ablation's difference, the first and last epoch's score spreads and the last epoch's dead units and
+    routed channels per block; a random-routing arm has no selector columns, a run without selection.json no
+    ablation."""
+    spec = importlib.util.spec_from_file_location('selector_summarize', SELECTOR_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name, path in dict(HERE=tmp_path / 'docs', OUTPUT=tmp_path / 'output', RUNS=tmp_path / 'docs/runs',
+                           SELECTION=tmp_path / 'docs/selection').items():
+        monkeypatch.setattr(module, name, path)
+    (tmp_path / 'docs/selection').mkdir(parents=True)
+
+    def state(spread: float, dead: int) -> dict:
+        return dict(hidden_units=4, dead_units=dead, score_spread=spread, distinct_channels=7, k=4, channels=64)
+
+    runs = {
+        'resnet18_mod@c=16': dict(label='resnet18_mod c=16', top1=81.25, curve=[
+            dict(epoch=1, selectors={'layer1.1': state(0.4, 0), 'layer2.1': state(0.2, 1)}),
+            dict(epoch=2, selectors={'layer1.1': state(0.01, 4), 'layer2.1': state(0.0, 3)})]),
+        'resnet18_mod@c=16,routing=random': dict(label='resnet18_mod c=16 routing=random', top1=80.5,
+                                                   curve=[dict(epoch=1), dict(epoch=2)]),
+    }
+    for folder, result in runs.items():
+        run_dir = tmp_path / 'output/c16' / folder / 'seed0'
+        run_dir.mkdir(parents=True)
+        (run_dir / 'result.json').write_text(json.dumps(result))
+    (tmp_path / 'output/c16/unfinished/seed0').mkdir(parents=True)  # no result.json: not collected
+    learned = tmp_path / 'docs/selection' / module.run_file_name('c16', 'resnet18_mod@c=16')
+    learned.write_text(json.dumps({'routing_ablation': dict(images=10, top1_learned=81.25, top1_fixed_random=80.0,
+                                                            seed=0)}))
+    module.collect()
+    assert sorted(p.name for p in (tmp_path / 'docs/runs').iterdir()) == [
+        'c16_resnet18_mod_c=16.json', 'c16_resnet18_mod_c=16_routing=random.json']
+    lines = module.cause_table(module.read_runs()).splitlines()
+    assert lines[2] == ('| c16 | resnet18_mod c=16 | 81.25 | +1.25 | 0.400 / 0.200 | 0.010 / 0.000 | 4/4, 3/4 '
+                        '| 7 / 7 |')
+    assert lines[3] == '| c16 | resnet18_mod c=16 routing=random | 80.50 | - | - | - | - | - |'
+    assert len(lines) == 4
