@@ -6,8 +6,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import timm
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from timm_mod.experiments.publish import publish
 
@@ -79,3 +80,18 @@ def test_publish_refuses_label_names_of_another_class_count(tmp_path: Path) -> N
     with pytest.raises(ValueError, match=rf'{data} has 2 classes, but the checkpoint\'s classifier has 5'):
         publish('resnet18_mod', tmp_path / 'model.pth.tar', out_dir=tmp_path / 'hub', data_dir=data)
     assert not (tmp_path / 'hub').exists()
+
+
+def test_selection_names_what_bare_weights_cannot_show_and_takes_model_kwargs(digits: Path, tmp_path: Path) -> None:
+    """ A bare weight file of a model trained with fusion='last': selection says which arguments it assumed, and
+    with --model-kwargs naming them builds the model as trained, without the warning."""
+    model = timm.create_model('resnet18_mod', num_classes=10, fusion='last')
+    save_file(model.state_dict(), str(tmp_path / 'w.safetensors'))
+    common = ('selection', '--model', 'resnet18_mod', '--checkpoint', str(tmp_path / 'w.safetensors'), '--data-dir',
+              str(digits), '--max-per-class', '1')
+    run = _run(*common, '--output', str(tmp_path / 'assumed'))
+    assert run.returncode == 0, run.stderr
+    assert "its weights cannot show fusion, selector_act, score_scaling: assuming fusion='first'" in run.stderr
+    run = _run(*common, '--output', str(tmp_path / 'given'), '--model-kwargs', 'fusion=last', 'selector_act=relu',
+               'score_scaling=multiply')
+    assert run.returncode == 0 and 'cannot show' not in run.stderr, run.stderr

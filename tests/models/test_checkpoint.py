@@ -1,4 +1,6 @@
 """ Reading training checkpoints and building the model they fit."""
+import argparse
+import warnings
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,32 @@ def test_plain_model_checkpoint_loads_as_plain_or_refuses_as_mod(tmp_path: Path)
         torch.testing.assert_close(model.eval()(x), plain.eval()(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match='a checkpoint of the plain model'):
         model_from_checkpoint('resnet18', tmp_path / 'plain.pth.tar')
+
+
+def test_bare_weights_name_the_arguments_they_cannot_show(tmp_path: Path) -> None:
+    """ fusion, selector_act and score_scaling change what a model computes but not its weights: a model trained
+    with fusion='last' loads into fusion='first' and gives other logits. From a bare weight file the values assumed
+    are named (those a selector would use only with learned routing); given ones, or a train.py checkpoint's
+    record, are not. Given, the logits are the trained model's."""
+    trained = timm.create_model('resnet18_mod', num_classes=4, fusion='last').eval()
+    save_file(trained.state_dict(), str(tmp_path / 'w.safetensors'))
+    with pytest.warns(UserWarning, match=r"cannot show fusion, selector_act, score_scaling: assuming fusion='first', "
+                                         r"selector_act='relu', score_scaling='multiply'"):
+        assumed, _, _ = model_from_checkpoint('resnet18_mod', tmp_path / 'w.safetensors')
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(assumed.eval()(x), trained(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        given, _, _ = model_from_checkpoint('resnet18_mod', tmp_path / 'w.safetensors', model_kwargs=dict(
+            fusion='last', selector_act='relu', score_scaling='multiply'))
+        with torch.no_grad():
+            torch.testing.assert_close(given.eval()(x), trained(x), rtol=0, atol=0)
+        torch.save({'state_dict': trained.state_dict(), 'args': argparse.Namespace(
+            model='resnet18_mod', model_kwargs={'fusion': 'last'})}, tmp_path / 'run.pth.tar')
+        recorded, _, _ = model_from_checkpoint('resnet18_mod', tmp_path / 'run.pth.tar')
+        assert recorded.layer1[1].fusion == 'last'
+    random_routing = timm.create_model('resnet18_mod', num_classes=4, routing='random')
+    save_file(random_routing.state_dict(), str(tmp_path / 'random.safetensors'))
+    with pytest.warns(UserWarning, match=r"cannot show fusion: assuming fusion='first'\."):
+        model_from_checkpoint('resnet18_mod', tmp_path / 'random.safetensors', model_kwargs={'routing': 'random'})

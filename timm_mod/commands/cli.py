@@ -289,6 +289,8 @@ def _add_trained_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', required=True, help='registered name, hf-hub:ORG/NAME or local-dir:PATH')
     parser.add_argument('--checkpoint', type=Path, default=None, help='train.py checkpoint or .safetensors')
     parser.add_argument('--ema', action='store_true', help="use train.py's EMA weights (state_dict_ema)")
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                        help='model arguments such as fusion=last (default: those train.py recorded)')
     parser.add_argument('--num-classes', type=int, default=None, help="default: the checkpoint's classifier")
     parser.add_argument('--data-dir', type=Path, default=None, help='ImageFolder root (default: the quickstart digits)')
     parser.add_argument('--split', default='validation', help='split folder (default: validation)')
@@ -306,7 +308,7 @@ def _trained_model_and_data(args: argparse.Namespace, convert_plain: bool = True
     from ..experiments.quickstart import DEFAULT_DATA_DIR, write_digits
     from ..models import load_trained_model
     model, train_args = load_trained_model(args.model, args.checkpoint, args.num_classes, convert_plain=convert_plain,
-                                           use_ema=args.ema)
+                                           use_ema=args.ema, model_kwargs=args.model_kwargs)
     if args.checkpoint is not None:
         print(f'weights: {_weights_key(args.ema)} of {args.checkpoint}', file=sys.stderr)
     data_dir = args.data_dir or write_digits(DEFAULT_DATA_DIR)

@@ -20,12 +20,15 @@ from .routing import (
 from .selector import ChannelSelector, check_selector_act, require_positive_int
 
 __all__ = [
-    'FUSION_TARGETS', 'ROUTING_MODES', 'SCORE_SCALINGS', 'ModArgs', 'MoDBlock', 'check_mod_options', 'mod_width', 'mod_blocks',
-    'has_mod_blocks', 'selector_blocks', 'routing_hooks',
+    'ARGS_WEIGHTS_CANNOT_SHOW', 'FUSION_TARGETS', 'ROUTING_MODES', 'SCORE_SCALINGS', 'ModArgs', 'MoDBlock',
+    'check_mod_options', 'mod_width', 'mod_blocks', 'has_mod_blocks', 'selector_blocks', 'routing_hooks',
 ]
 
 
-SELECTOR_ARGS = ('r', 'selector_act', 'selector_decay', 'score_scaling')  # meaningless without a selector (random routing)
+# meaningless without a selector (random routing)
+SELECTOR_ARGS = ('r', 'selector_act', 'selector_decay', 'score_scaling')
+# arguments that change what a trained model computes but leave no trace in its weights (no parameter or buffer)
+ARGS_WEIGHTS_CANNOT_SHOW = ('fusion', 'selector_act', 'score_scaling')
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """ Weights into MoD models, as timm's `_helpers`: train.py checkpoints and safetensors files, a model built to
 fit them, and what keeps weights from fitting, named in MoD terms."""
 import argparse
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -11,7 +12,8 @@ import torch.nn as nn
 from safetensors.torch import load_file
 from timm.models import clean_state_dict, get_pretrained_cfg_value
 
-from ..layers import MoDBlock
+from ..layers import MoDBlock, mod_blocks
+from ..layers.mod_block import ARGS_WEIGHTS_CANNOT_SHOW, SELECTOR_ARGS
 from ._factory import create_mod_model, require_registered
 
 __all__ = [
@@ -185,18 +187,39 @@ def model_from_checkpoint(
     if mismatch:
         raise ValueError(f'The weights in {checkpoint.path} do not fit {model_name!r} {model_kwargs or ""}: {mismatch}')
     model.load_state_dict(checkpoint.state_dict)
+    _warn_of_assumed_args(model, checkpoint, model_kwargs)
     return model, checkpoint, model_kwargs
 
 
+def _warn_of_assumed_args(model: nn.Module, checkpoint: Checkpoint, model_kwargs: Dict[str, Any]) -> None:
+    """ A bare weight file (safetensors, a saved state dict) records no model arguments, and some MoD arguments
+    leave no trace in weights: a model trained with fusion='last' loads into fusion='first' without an error and
+    computes something else. Say which values were assumed, and how to give others."""
+    blocks = list(mod_blocks(model).values())
+    if checkpoint.train_args or not blocks:
+        return
+    args = blocks[0].args
+    unseen = [name for name in ARGS_WEIGHTS_CANNOT_SHOW
+              if name not in model_kwargs and not (args.routing != 'learned' and name in SELECTOR_ARGS)]
+    if unseen:
+        assumed = ', '.join(f'{name}={getattr(args, name)!r}' for name in unseen)
+        warnings.warn(
+            f'{checkpoint.path} records no model arguments, and its weights cannot show {", ".join(unseen)}: '
+            f'assuming {assumed}. If the model was trained otherwise, give them as model arguments '
+            f'(--model-kwargs {unseen[0]}=...); a train.py checkpoint records them.', UserWarning, stacklevel=3)
+
+
 def load_trained_model(model_name: str, checkpoint: Optional[Path] = None, num_classes: Optional[int] = None,
-                       convert_plain: bool = True, use_ema: bool = False):
+                       convert_plain: bool = True, use_ema: bool = False,
+                       model_kwargs: Optional[Dict[str, Any]] = None):
     """ A model to analyse (registered name, a plain timm name converted by `to_mod` unless `convert_plain` is
-    False, `hf-hub:` or `local-dir:`), and train.py's args for its data."""
+    False, `hf-hub:` or `local-dir:`), and train.py's args for its data; `model_kwargs` update the recorded ones."""
+    model_kwargs = model_kwargs or {}
     if model_name.split(':')[0] in ('hf-hub', 'local-dir'):
-        return timm.create_model(model_name, pretrained=True).eval(), {}
+        return timm.create_model(model_name, pretrained=True, **model_kwargs).eval(), {}
     if checkpoint is None:
         build = create_mod_model if convert_plain else timm.create_model
-        return build(model_name, num_classes=num_classes or 1000).eval(), {}
+        return build(model_name, num_classes=num_classes or 1000, **model_kwargs).eval(), {}
     model, weights, _ = model_from_checkpoint(model_name, checkpoint, num_classes=num_classes,
-                                              convert_plain=convert_plain, use_ema=use_ema)
+                                              model_kwargs=model_kwargs, convert_plain=convert_plain, use_ema=use_ema)
     return model.eval(), weights.train_args
