@@ -101,8 +101,9 @@ class RoutingAblation:
 @contextmanager
 def fixed_random_routing(model: nn.Module, seed: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
     """ Inside the block, every MoD block with a selector routes one fixed random set of k channels (drawn from
-    `seed`, the same for every image), each still scaled by its selector score: only the learned choice of
-    channels is taken away. Yields the channels drawn per block; the blocks route as before on exit."""
+    `seed`, the same for every image), each scaled by its selector score as the block scales it (not at all with
+    score_scaling='straight_through'): only the learned choice of channels is taken away. Yields the channels
+    drawn per block; the blocks route as before on exit."""
     blocks = selector_blocks(model)
     generator = torch.Generator().manual_seed(seed)
     drawn = {name: torch.randperm(block.in_channels, generator=generator)[:block.k] for name, block in blocks.items()}
