@@ -158,14 +158,22 @@ def test_selector_study_table_from_made_up_runs(tmp_path: Path, monkeypatch) -> 
     (tmp_path / 'docs/selection').mkdir(parents=True)
 
     def state(spread: float, dead: int) -> dict:
-        return dict(hidden_units=4, dead_units=dead, score_spread=spread, distinct_channels=7, k=4, channels=64)
+        return dict(hidden_units=4, dead_units=dead, score_spread=spread, distinct_channels=7, k=4, channels=64,
+                    weight_norm=4.0, grad_norm=0.01 * (dead + 1))
 
+    identity = dict(recipe=dict(weight_decay=5e-4))
     runs = {
-        'resnet18_mod@c=16': dict(label='resnet18_mod c=16', top1=81.25, curve=[
+        'resnet18_mod@c=16': dict(label='resnet18_mod c=16', top1=81.25, model_kwargs={'c': 16}, identity=identity,
+                                  curve=[
             dict(epoch=1, selectors={'layer1.1': state(0.4, 0), 'layer2.1': state(0.2, 1)}),
             dict(epoch=2, selectors={'layer1.1': state(0.01, 4), 'layer2.1': state(0.0, 3)})]),
         'resnet18_mod@c=16,routing=random': dict(label='resnet18_mod c=16 routing=random', top1=80.5,
+                                                   model_kwargs={'c': 16, 'routing': 'random'}, identity=identity,
                                                    curve=[dict(epoch=1), dict(epoch=2)]),
+        'resnet18_mod@c=16,selector_decay=False': dict(
+            label='resnet18_mod c=16 selector_decay=False', top1=81.0, identity=identity,
+            model_kwargs={'c': 16, 'selector_decay': False},
+            curve=[dict(epoch=1, selectors={'layer1.1': state(0.3, 0)})]),
     }
     for folder, result in runs.items():
         run_dir = tmp_path / 'output/c16' / folder / 'seed0'
@@ -177,9 +185,13 @@ def test_selector_study_table_from_made_up_runs(tmp_path: Path, monkeypatch) -> 
                                                             seed=0)}))
     module.collect()
     assert sorted(p.name for p in (tmp_path / 'docs/runs').iterdir()) == [
-        'c16_resnet18_mod_c=16.json', 'c16_resnet18_mod_c=16_routing=random.json']
+        'c16_resnet18_mod_c=16.json', 'c16_resnet18_mod_c=16_routing=random.json',
+        'c16_resnet18_mod_c=16_selector_decay=False.json']
     lines = module.cause_table(module.read_runs()).splitlines()
+    # gradient / decay: 0.05 / (5e-4 * 4) = 25 and 0.04 / (5e-4 * 4) = 20
     assert lines[2] == ('| c16 | resnet18_mod c=16 | 81.25 | +1.25 | 0.400 / 0.200 | 0.010 / 0.000 | 4/4, 3/4 '
-                        '| 7 / 7 |')
-    assert lines[3] == '| c16 | resnet18_mod c=16 routing=random | 80.50 | - | - | - | - | - |'
-    assert len(lines) == 4
+                        '| 7 / 7 | 25.0 / 20.0 |')
+    assert lines[3] == '| c16 | resnet18_mod c=16 routing=random | 80.50 | - | - | - | - | - | - |'
+    assert lines[4] == ('| c16 | resnet18_mod c=16 selector_decay=False | 81.00 | - | 0.300 | 0.300 | 0/4 | 7 '
+                        '| - |')
+    assert len(lines) == 5

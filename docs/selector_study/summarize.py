@@ -4,8 +4,10 @@
 result.json with its learning curve and per-epoch selector record) and each study's selectors.png. Then it prints,
 as Markdown, one row per arm: hold-out top-1, what the routing carries (top-1 with the learned top k minus top-1
 with a fixed random set of k channels, from selection/, written by `timm-mod selection`), and per MoD block the
-score spread (max - min over channels, mean over images) after the first and the last epoch, dead hidden units
-and how many distinct channels the block routes over the probe images.
+score spread (max - min over channels, mean over images) after the first and the last epoch, dead hidden units,
+how many distinct channels the block routes over the probe images, and how the selector's gradient compares with
+its weight decay after the last epoch's last step: |gradient| / (weight decay x |weights|), the ratio of the two
+pulls on its weights in one SGD step (one batch's gradient, so a rough figure; '-' without decay).
 
     python docs/selector_study/summarize.py --collect
 """
@@ -65,14 +67,18 @@ def cause_table(runs: List[Dict[str, Any]]) -> str:
         ablation = run['routing_ablation']
         carried = '-' if ablation is None else f"{ablation['top1_learned'] - ablation['top1_fixed_random']:+.2f}"
         if first is None:  # random routing: no selector to record
-            rows.append((run['study'], run['label'], f"{run['top1']:.2f}", carried, '-', '-', '-', '-'))
+            rows.append((run['study'], run['label'], f"{run['top1']:.2f}", carried, '-', '-', '-', '-', '-'))
             continue
+        decay = run['identity']['recipe']['weight_decay'] if run['model_kwargs'].get('selector_decay', True) else 0
+        pulls = per_block({name: dict(ratio=state['grad_norm'] / (decay * state['weight_norm']))
+                           for name, state in last.items()}, '{ratio:.1f}') if decay else '-'
         rows.append((
             run['study'], run['label'], f"{run['top1']:.2f}", carried,
             per_block(first, '{score_spread:.3f}'), per_block(last, '{score_spread:.3f}'),
-            per_block(last, '{dead_units}/{hidden_units}', ', '), per_block(last, '{distinct_channels}')))
+            per_block(last, '{dead_units}/{hidden_units}', ', '), per_block(last, '{distinct_channels}'), pulls))
     header = ('study', 'arm', 'hold-out top-1 (%)', 'routing carries (points)', 'score spread, epoch 1',
-              'score spread, last epoch', 'dead hidden units', 'channels routed')
+              'score spread, last epoch', 'dead hidden units', 'channels routed',
+              'gradient / decay')
     return format_table(header, rows, markdown=True)
 
 
