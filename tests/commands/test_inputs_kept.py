@@ -91,7 +91,8 @@ def test_selection_names_what_bare_weights_cannot_show_and_takes_model_kwargs(di
               str(digits), '--max-per-class', '1')
     run = _run(*common, '--output', str(tmp_path / 'assumed'))
     assert run.returncode == 0, run.stderr
-    assert "its weights cannot show fusion, selector_act, score_scaling: assuming fusion='first'" in run.stderr
+    assert "its weights cannot show fusion, selector_act, score_scaling, selector_gain, selector_norm: assuming " \
+           "fusion='first'" in run.stderr
     run = _run(*common, '--output', str(tmp_path / 'given'), '--model-kwargs', 'fusion=last', 'selector_act=relu',
-               'score_scaling=multiply')
+               'score_scaling=multiply', 'selector_gain=1.0', 'selector_norm=False')
     assert run.returncode == 0 and 'cannot show' not in run.stderr, run.stderr

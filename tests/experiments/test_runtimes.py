@@ -75,8 +75,9 @@ def test_routing_nodes_are_the_selectors_from_pooling_to_top_k(tmp_path: Path) -
     assert ops['ReduceSum'] == ops['Sigmoid'] == 4 and not ops.keys() & {'Conv', 'Gather', 'TopK', 'Add'}
 
 
-@pytest.mark.parametrize('kwargs', [{}, {'selector_act': 'gelu'}, {'score_scaling': 'straight_through'}],
-                         ids=['default', 'gelu-selector', 'straight-through'])
+@pytest.mark.parametrize('kwargs', [{}, {'selector_act': 'gelu'}, {'score_scaling': 'straight_through'},
+                                    {'selector_gain': 10.0, 'selector_norm': True}],
+                         ids=['default', 'gelu-selector', 'straight-through', 'gain-norm'])
 def test_int8_export_quantizes_the_convolutions_and_keeps_routing_and_stem_float(tmp_path: Path, kwargs) -> None:
     """ QDQ int8: every Conv but the one reading the image reads int8 weights through DequantizeLinear, that one
     reads the float image and float weights, no routing node reads a dequantized tensor (whatever the selector's

@@ -199,6 +199,41 @@ def test_straight_through_scores_add_the_update_unscaled_and_get_the_scaling_gra
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.selector.parameters())
 
 
+@pytest.mark.parametrize('gain', [0.5, 10.0])
+def test_selector_gain_starts_as_the_papers_and_moves_gain_squared_as_fast_under_sgd(gain: float) -> None:
+    """ Same initial scores as the paper's selector from the same seed; after one plain SGD step on the same
+    loss, the effective weights (gain x stored) have moved gain^2 times as far as the paper's."""
+    torch.manual_seed(0)
+    paper = ChannelSelector(CHANNELS, r=4).double()  # float64: the moves are small differences of weights
+    torch.manual_seed(0)
+    scaled = ChannelSelector(CHANNELS, r=4, gain=gain).double()
+    pooled = torch.randn(5, CHANNELS, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(scaled(pooled), paper(pooled), rtol=1e-6, atol=1e-9)  # float32 initialisation
+    moves = []
+    for selector, factor in ((paper, 1.0), (scaled, gain)):
+        before = [factor * p.detach().clone() for p in (selector.fc1.weight, selector.fc2.weight)]
+        optimizer = torch.optim.SGD(selector.parameters(), lr=1e-3)
+        selector(pooled)[:, :3].sum().backward()
+        optimizer.step()
+        moves.append([factor * p.detach() - b for p, b in zip((selector.fc1.weight, selector.fc2.weight), before)])
+    for paper_move, scaled_move in zip(*moves):
+        assert paper_move.abs().max() > 1e-6
+        torch.testing.assert_close(scaled_move, gain ** 2 * paper_move, rtol=1e-6, atol=1e-14)
+
+
+def test_selector_norm_standardises_the_pooled_input() -> None:
+    """ Written out: scores = sigmoid(W2 relu(W1 z)), z the per-image channel means standardised over channels
+    (biased variance, eps 1e-5); a scaled or shifted input map scores the same."""
+    torch.manual_seed(0)
+    selector = ChannelSelector(CHANNELS, r=4, normalize_input=True)
+    x = torch.randn(3, CHANNELS, 4, 5)
+    means = x.mean((2, 3))
+    z = (means - means.mean(1, keepdim=True)) / (means.var(1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    expected = torch.sigmoid(torch.relu(z @ selector.fc1.weight.T) @ selector.fc2.weight.T)
+    torch.testing.assert_close(selector(x), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(selector(3 * x + 2), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_random_routing_has_no_selector_and_training_is_reproducible() -> None:
     block = make_block(routing='random').train()
     assert block.selector is None
@@ -369,6 +404,9 @@ def test_invalid_c_is_a_clear_error(c, message: str) -> None:
     (dict(routing='greedy'), "routing 'greedy'"),
     (dict(r=0), 'reduction r'),
     (dict(score_scaling='softmax'), "score_scaling 'softmax'"),
+    (dict(selector_gain=0), 'selector_gain must be a positive finite number'),
+    (dict(selector_gain='2'), 'selector_gain must be a positive finite number'),
+    (dict(selector_norm='yes'), 'selector_norm must be True or False'),
 ])
 def test_invalid_options_are_clear_errors(kwargs, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -50,14 +50,15 @@ def test_plain_model_checkpoint_loads_as_plain_or_refuses_as_mod(tmp_path: Path)
 
 
 def test_bare_weights_name_the_arguments_they_cannot_show(tmp_path: Path) -> None:
-    """ fusion, selector_act and score_scaling change what a model computes but not its weights: a model trained
+    """ fusion and the selector options change what a model computes but not its weights: a model trained
     with fusion='last' loads into fusion='first' and gives other logits. From a bare weight file the values assumed
     are named (those a selector would use only with learned routing); given ones, or a train.py checkpoint's
     record, are not. Given, the logits are the trained model's."""
     trained = timm.create_model('resnet18_mod', num_classes=4, fusion='last').eval()
     save_file(trained.state_dict(), str(tmp_path / 'w.safetensors'))
-    with pytest.warns(UserWarning, match=r"cannot show fusion, selector_act, score_scaling: assuming fusion='first', "
-                                         r"selector_act='relu', score_scaling='multiply'"):
+    with pytest.warns(UserWarning, match=r"cannot show fusion, selector_act, score_scaling, selector_gain, "
+                                         r"selector_norm: assuming fusion='first', selector_act='relu', "
+                                         r"score_scaling='multiply', selector_gain=1.0, selector_norm=False\."):
         assumed, _, _ = model_from_checkpoint('resnet18_mod', tmp_path / 'w.safetensors')
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -65,7 +66,7 @@ def test_bare_weights_name_the_arguments_they_cannot_show(tmp_path: Path) -> Non
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         given, _, _ = model_from_checkpoint('resnet18_mod', tmp_path / 'w.safetensors', model_kwargs=dict(
-            fusion='last', selector_act='relu', score_scaling='multiply'))
+            fusion='last', selector_act='relu', score_scaling='multiply', selector_gain=1.0, selector_norm=False))
         with torch.no_grad():
             torch.testing.assert_close(given.eval()(x), trained(x), rtol=0, atol=0)
         torch.save({'state_dict': trained.state_dict(), 'args': argparse.Namespace(

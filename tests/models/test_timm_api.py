@@ -102,7 +102,8 @@ def test_group_matcher_puts_mod_blocks_in_their_block_group(model_name: str) -> 
 
 @pytest.mark.parametrize('name, kwargs', [
     ('resnet18_mod', {}), ('resnet50_mod_lk', {}), ('resnet50_mod_rand', {}), ('mobilenetv2_mod_l', {}),
-    ('resnet18_mod', {'selector_act': 'gelu', 'selector_decay': False, 'score_scaling': 'straight_through'})])
+    ('resnet18_mod', {'selector_act': 'gelu', 'selector_decay': False, 'score_scaling': 'straight_through',
+                      'selector_gain': 10.0, 'selector_norm': True})])
 def test_torchscript_matches_eager(name: str, kwargs) -> None:
     with timm.set_scriptable(True):
         model = timm.create_model(name, **kwargs).eval()
@@ -306,6 +307,7 @@ EXPORT_CASES = [
     ('resnet18_mod', {'fusion': 'original', 'routing': 'random'}),
     ('resnet18_mod', {'selector_act': 'gelu', 'selector_decay': False}),
     ('resnet18_mod', {'score_scaling': 'straight_through'}),
+    ('resnet18_mod', {'selector_gain': 10.0, 'selector_norm': True}),
     ('mobilenetv2_mod', {}),
     ('convnext_nano_mod', {}),
     ('regnety_016_mod', {}),

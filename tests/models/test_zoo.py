@@ -44,7 +44,8 @@ def test_params_match_paper_to_the_published_digit(name: str) -> None:
 
 
 @pytest.mark.parametrize('options', [{'selector_act': 'gelu'}, {'selector_act': 'leaky_relu'},
-                                     {'selector_decay': False}, {'score_scaling': 'straight_through'}],
+                                     {'selector_decay': False}, {'score_scaling': 'straight_through'},
+                                     {'selector_gain': 10.0, 'selector_norm': True}],
                          ids=lambda o: '-'.join(map(str, o.values())))
 @pytest.mark.parametrize('name', ['resnet50_mod', 'mobilenetv2_mod'])
 def test_selector_options_keep_the_papers_parameter_counts(name: str, options) -> None:

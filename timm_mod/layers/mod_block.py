@@ -17,7 +17,7 @@ import torch.nn as nn
 from .fusion import FUSION_TARGETS, SCORE_SCALINGS, check_fusion, check_score_scaling, fuse, fusion_scale
 from .routing import (
     ROUTING_MODES, check_routing, fixed_channel_indices, gather_channels, random_channel_indices, top_k_channels)
-from .selector import ChannelSelector, check_selector_act, require_positive_int
+from .selector import ChannelSelector, check_selector_act, check_selector_gain, require_positive_int
 
 __all__ = [
     'ARGS_WEIGHTS_CANNOT_SHOW', 'FUSION_TARGETS', 'ROUTING_MODES', 'SCORE_SCALINGS', 'ModArgs', 'MoDBlock',
@@ -26,9 +26,9 @@ __all__ = [
 
 
 # meaningless without a selector (random routing)
-SELECTOR_ARGS = ('r', 'selector_act', 'selector_decay', 'score_scaling')
+SELECTOR_ARGS = ('r', 'selector_act', 'selector_decay', 'score_scaling', 'selector_gain', 'selector_norm')
 # arguments that change what a trained model computes but leave no trace in its weights (no parameter or buffer)
-ARGS_WEIGHTS_CANNOT_SHOW = ('fusion', 'selector_act', 'score_scaling')
+ARGS_WEIGHTS_CANNOT_SHOW = ('fusion', 'selector_act', 'score_scaling', 'selector_gain', 'selector_norm')
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class ModArgs:
             them, which timm's optimizer factory (and so train.py) honours. Parameter counts stay the paper's.
         score_scaling: How the scores enter the fused update (`SCORE_SCALINGS`): 'multiply' scales it (the
             paper's), 'straight_through' adds it unscaled and passes the scores the gradient of scaling it.
+        selector_gain: The selector computes with gain x its stored weights (stored at timm's initialisation /
+            gain), so an optimizer moves it gain^2 (SGD) or gain (Adam-family) times as fast; 1.0 is the paper's.
+        selector_norm: True standardises the selector's pooled input per image (over channels, no parameters).
     """
     c: int
     r: int = 16
@@ -56,6 +59,8 @@ class ModArgs:
     selector_act: str = 'relu'
     selector_decay: bool = True
     score_scaling: str = 'multiply'
+    selector_gain: float = 1.0
+    selector_norm: bool = False
 
     def __post_init__(self) -> None:
         require_positive_int(self.c, 'channel divisor', 'c')
@@ -66,6 +71,9 @@ class ModArgs:
         if not isinstance(self.selector_decay, bool):
             raise ValueError(f'MoD selector_decay must be True or False, got {self.selector_decay!r}.')
         check_score_scaling(self.score_scaling)
+        check_selector_gain(self.selector_gain)
+        if not isinstance(self.selector_norm, bool):
+            raise ValueError(f'MoD selector_norm must be True or False, got {self.selector_norm!r}.')
 
     @classmethod
     def pop_from(cls, kwargs: Dict[str, Any], **defaults: Any) -> 'ModArgs':
@@ -134,7 +142,8 @@ class MoDBlock(nn.Module):
         self.score_scaling = self.args.score_scaling
         learned = self.args.routing == 'learned'
         self.selector = ChannelSelector(
-            in_channels, self.args.r, self.args.selector_act, device=device, dtype=dtype) if learned else None
+            in_channels, self.args.r, self.args.selector_act, self.args.selector_gain, self.args.selector_norm,
+            device=device, dtype=dtype) if learned else None
         # random routing in eval mode: a per-sample draw would have to hash the sample's values, and float sums
         # round differently with the batch size, the runtime and the compiler: a fixed draw is the same everywhere
         self.register_buffer(

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from timm.layers import create_act_layer
 
-__all__ = ['ChannelSelector', 'check_selector_act', 'require_positive_int']
+__all__ = ['ChannelSelector', 'check_selector_act', 'check_selector_gain', 'require_positive_int']
 
 
 def require_positive_int(value: Any, meaning: str, name: str) -> None:
@@ -26,6 +26,11 @@ def check_selector_act(act: str) -> None:
                          f'paper\'s parameter counts hold (\'relu\', \'gelu\', \'silu\', \'leaky_relu\', ...).')
 
 
+def check_selector_gain(gain: Any) -> None:
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not gain > 0 or gain == float('inf'):
+        raise ValueError(f'MoD selector_gain must be a positive finite number, got {gain!r} (1.0 is the paper\'s).')
+
+
 class ChannelSelector(nn.Module):
     """ Scores every channel of a feature map in (0, 1).
 
@@ -39,6 +44,8 @@ class ChannelSelector(nn.Module):
             channels: int,
             r: int = 16,
             act: str = 'relu',
+            gain: float = 1.0,
+            normalize_input: bool = False,
             device=None,
             dtype=None,
     ) -> None:
@@ -47,18 +54,38 @@ class ChannelSelector(nn.Module):
             channels: Number of input channels C.
             r: Reduction of the hidden layer, C // r units (at least one).
             act: The hidden activation, a timm activation name without parameters (the paper's ReLU).
+            gain: Each layer computes with `gain` x its stored weights, which start at timm's initialisation / gain:
+                the same function at the start, while an optimizer moves the effective weights gain^2 (SGD) or
+                gain (Adam-family) times as fast, weight decay's relative pull unchanged.
+            normalize_input: Standardise the pooled channel means of each image (zero mean, unit variance over
+                the channels, no parameters), so the selector's input keeps its scale while the features drift.
         """
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
         require_positive_int(r, 'selector reduction', 'r')
+        check_selector_gain(gain)
         self.r = r
+        self.gain = float(gain)
+        self.normalize_input = normalize_input
         hidden = max(1, channels // r)
         self.fc1 = nn.Linear(channels, hidden, bias=False, **dd)
         self.act = create_act_layer(act, inplace=True)
         self.fc2 = nn.Linear(hidden, channels, bias=False, **dd)
+        if self.gain != 1.0:
+            with torch.no_grad():
+                self.fc1.weight.div_(self.gain)
+                self.fc2.weight.div_(self.gain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # sum / HW, not mean: mean's backward writes a full-size (B, C, H, W) tensor of grad / HW, while the
         # sum's is a stride-0 expansion of a (B, C) one that the gradient accumulation reads in place
         pooled = x.sum((2, 3)) / (x.shape[2] * x.shape[3])
-        return torch.sigmoid(self.fc2(self.act(self.fc1(pooled))))
+        if self.normalize_input:
+            pooled = nn.functional.layer_norm(pooled, pooled.shape[1:])
+        hidden = self.fc1(pooled)
+        if self.gain != 1.0:
+            hidden = hidden * self.gain
+        logits = self.fc2(self.act(hidden))
+        if self.gain != 1.0:
+            logits = logits * self.gain
+        return torch.sigmoid(logits)
