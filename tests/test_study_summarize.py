@@ -141,57 +141,112 @@ def test_script_mistakes_are_one_line_errors_before_any_work(tmp_path: Path, arg
     assert len(run.stderr.strip().splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ['file']
 
 
+
 SELECTOR_SCRIPT = Path(__file__).parents[1] / 'docs' / 'selector_study' / 'summarize.py'
 
 
-def test_selector_study_table_from_made_up_runs(tmp_path: Path, monkeypatch) -> None:
-    """ docs/selector_study/summarize.py: runs collected from the study folders, one row per arm with top-1, the
-    routing ablation's difference, the first and last epoch's score spreads and the last epoch's dead units and
-    routed channels per block; a random-routing arm has no selector columns, a run without selection.json no
-    ablation."""
+@pytest.fixture
+def selector_study(tmp_path: Path, monkeypatch) -> ModuleType:
+    """ docs/selector_study/summarize.py with its folders moved under tmp_path."""
     spec = importlib.util.spec_from_file_location('selector_summarize', SELECTOR_SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for name, path in dict(HERE=tmp_path / 'docs', OUTPUT=tmp_path / 'output', RUNS=tmp_path / 'docs/runs',
-                           SELECTION=tmp_path / 'docs/selection').items():
+    for name, path in dict(HERE=tmp_path / 'docs', RUNS=tmp_path / 'docs/runs', SELECTION=tmp_path / 'docs/selection',
+                           CONVERGED_RUNS=tmp_path / 'converged').items():
         monkeypatch.setattr(module, name, path)
-    (tmp_path / 'docs/selection').mkdir(parents=True)
+    monkeypatch.setattr(module, 'STUDIES', {'c16': tmp_path / 'causes', 'verdict_c16': tmp_path / 'verdict',
+                                            'verdict_c16_option': tmp_path / 'verdict'})
+    for folder in ('docs/selection', 'converged'):
+        (tmp_path / folder).mkdir(parents=True)
+    return module
 
+
+def _write_run(folder: Path, run_folder: str, seed: int, **result) -> None:
+    run_dir = folder / run_folder / f'seed{seed}'
+    run_dir.mkdir(parents=True)
+    (run_dir / 'result.json').write_text(json.dumps(dict(result, seed=seed)))
+
+
+def _ablation(module: ModuleType, study: str, run_folder: str, seed: int, learned: float, fixed: float) -> None:
+    path = module.SELECTION / module.run_file_name(study, run_folder, f'seed{seed}')
+    path.write_text(json.dumps({'routing_ablation': dict(images=10, top1_learned=learned, top1_fixed_random=fixed,
+                                                         seed=0)}))
+
+
+def test_selector_study_cause_table_from_made_up_runs(selector_study: ModuleType, tmp_path: Path) -> None:
+    """ The cause table: one row per arm with top-1, the routing ablation's difference, the first and last epoch's
+    score spreads, the last epoch's dead units, routed channels and gradient against decay per block; a
+    random-routing arm has no selector columns, a run without selection.json no ablation, an arm without selector
+    decay no decay ratio; unfinished runs are not collected."""
     def state(spread: float, dead: int) -> dict:
         return dict(hidden_units=4, dead_units=dead, score_spread=spread, distinct_channels=7, k=4, channels=64,
                     weight_norm=4.0, grad_norm=0.01 * (dead + 1))
 
     identity = dict(recipe=dict(weight_decay=5e-4))
-    runs = {
-        'resnet18_mod@c=16': dict(label='resnet18_mod c=16', top1=81.25, model_kwargs={'c': 16}, identity=identity,
-                                  curve=[
-            dict(epoch=1, selectors={'layer1.1': state(0.4, 0), 'layer2.1': state(0.2, 1)}),
-            dict(epoch=2, selectors={'layer1.1': state(0.01, 4), 'layer2.1': state(0.0, 3)})]),
-        'resnet18_mod@c=16,routing=random': dict(label='resnet18_mod c=16 routing=random', top1=80.5,
-                                                   model_kwargs={'c': 16, 'routing': 'random'}, identity=identity,
-                                                   curve=[dict(epoch=1), dict(epoch=2)]),
-        'resnet18_mod@c=16,selector_decay=False': dict(
-            label='resnet18_mod c=16 selector_decay=False', top1=81.0, identity=identity,
-            model_kwargs={'c': 16, 'selector_decay': False},
-            curve=[dict(epoch=1, selectors={'layer1.1': state(0.3, 0)})]),
-    }
-    for folder, result in runs.items():
-        run_dir = tmp_path / 'output/c16' / folder / 'seed0'
-        run_dir.mkdir(parents=True)
-        (run_dir / 'result.json').write_text(json.dumps(result))
-    (tmp_path / 'output/c16/unfinished/seed0').mkdir(parents=True)  # no result.json: not collected
-    learned = tmp_path / 'docs/selection' / module.run_file_name('c16', 'resnet18_mod@c=16')
-    learned.write_text(json.dumps({'routing_ablation': dict(images=10, top1_learned=81.25, top1_fixed_random=80.0,
-                                                            seed=0)}))
-    module.collect()
-    assert sorted(p.name for p in (tmp_path / 'docs/runs').iterdir()) == [
-        'c16_resnet18_mod_c=16.json', 'c16_resnet18_mod_c=16_routing=random.json',
-        'c16_resnet18_mod_c=16_selector_decay=False.json']
-    lines = module.cause_table(module.read_runs()).splitlines()
+    causes = tmp_path / 'causes' / 'c16'
+    _write_run(causes, 'resnet18_mod@c=16', 0, label='resnet18_mod c=16', top1=81.25, model_kwargs={'c': 16},
+               identity=identity, curve=[
+                   dict(epoch=1, selectors={'layer1.1': state(0.4, 0), 'layer2.1': state(0.2, 1)}),
+                   dict(epoch=2, selectors={'layer1.1': state(0.01, 4), 'layer2.1': state(0.0, 3)})])
+    _write_run(causes, 'resnet18_mod@c=16,routing=random', 0, label='resnet18_mod c=16 routing=random', top1=80.5,
+               model_kwargs={'c': 16, 'routing': 'random'}, identity=identity, curve=[dict(epoch=1), dict(epoch=2)])
+    _write_run(causes, 'resnet18_mod@c=16,selector_decay=False', 0, label='resnet18_mod c=16 selector_decay=False',
+               top1=81.0, identity=identity, model_kwargs={'c': 16, 'selector_decay': False},
+               curve=[dict(epoch=1, selectors={'layer1.1': state(0.3, 0)})])
+    (causes / 'unfinished/seed0').mkdir(parents=True)
+    _ablation(selector_study, 'c16', 'resnet18_mod@c=16', 0, 81.25, 80.0)
+    selector_study.collect()
+    assert sorted(p.name for p in selector_study.RUNS.iterdir()) == [
+        'c16_resnet18_mod_c=16_routing=random_seed0.json', 'c16_resnet18_mod_c=16_seed0.json',
+        'c16_resnet18_mod_c=16_selector_decay=False_seed0.json']
+    runs = selector_study.read_runs()
+    lines = selector_study.cause_table(runs).splitlines()
     # gradient / decay: 0.05 / (5e-4 * 4) = 25 and 0.04 / (5e-4 * 4) = 20
-    assert lines[2] == ('| c16 | resnet18_mod c=16 | 81.25 | +1.25 | 0.400 / 0.200 | 0.010 / 0.000 | 4/4, 3/4 '
+    assert lines[2] == '| c16 | resnet18_mod c=16 routing=random | 80.50 | - | - | - | - | - | - |'
+    assert lines[3] == ('| c16 | resnet18_mod c=16 | 81.25 | +1.25 | 0.400 / 0.200 | 0.010 / 0.000 | 4/4, 3/4 '
                         '| 7 / 7 | 25.0 / 20.0 |')
-    assert lines[3] == '| c16 | resnet18_mod c=16 routing=random | 80.50 | - | - | - | - | - | - |'
     assert lines[4] == ('| c16 | resnet18_mod c=16 selector_decay=False | 81.00 | - | 0.300 | 0.300 | 0/4 | 7 '
                         '| - |')
     assert len(lines) == 5
+    assert selector_study.verdict_arms(runs) == {}  # no verdict run yet: no verdict table
+
+
+def test_selector_study_verdicts_from_made_up_runs(selector_study: ModuleType, tmp_path: Path) -> None:
+    """ The verdict tables: per arm top-1 and routing carried, mean +- sample std over seeds, the converged study's
+    c = 64 arms read beside them, and each comparison called by the two-standard-error rule, numbers computed
+    here."""
+    verdict = tmp_path / 'verdict'
+    top1 = {'paper': [81.0, 81.2, 81.4], 'random': [80.0, 80.1, 80.2], 'option': [81.1, 81.5, 81.0]}
+    for seed in range(3):
+        _write_run(verdict / 'verdict_c16', 'resnet18_mod@c=16', seed, label='resnet18_mod c=16',
+                   top1=top1['paper'][seed], curve=[])
+        _write_run(verdict / 'verdict_c16', 'resnet18_mod@c=16,routing=random', seed,
+                   label='resnet18_mod c=16 routing=random', top1=top1['random'][seed], curve=[])
+        _write_run(verdict / 'verdict_c16_option', 'resnet18_mod@c=16,selector_gain=10', seed,
+                   label='resnet18_mod c=16 selector_gain=10', top1=top1['option'][seed], curve=[])
+        _ablation(selector_study, 'verdict_c16', 'resnet18_mod@c=16', seed, 81.0, 81.0 - 0.1 * seed)
+        for name, value in (('resnet18_mod', 81.5 + seed / 10), ('resnet18_mod@routing=random', 81.3)):
+            (tmp_path / 'converged' / f'{name}_seed{seed}.json').write_text(json.dumps({'top1': value}))
+    selector_study.collect()
+    arms = selector_study.verdict_arms(selector_study.read_runs())
+    assert arms['resnet18_mod c=16'][0] == top1['paper']
+    assert [round(v, 6) for v in arms['resnet18_mod c=16'][1]] == [0.0, 0.1, 0.2]
+    assert arms['resnet18_mod (c=64, converged study)'][0] == [81.5, 81.6, 81.7]
+    pairs = selector_study.verdict_pairs(arms)
+    assert pairs == [('resnet18_mod c=16 selector_gain=10', 'resnet18_mod c=16 routing=random'),
+                     ('resnet18_mod c=16', 'resnet18_mod c=16 routing=random'),
+                     ('resnet18_mod c=16 selector_gain=10', 'resnet18_mod c=16')]
+    lines = selector_study.verdict_tables(arms, pairs).splitlines()
+    assert '| resnet18_mod c=16 | 3 | 81.20 +- 0.20 | 0.10 +- 0.10 |' in lines
+
+    def row(first: str, second: str, a: list, b: list) -> str:
+        diff = statistics.mean(a) - statistics.mean(b)
+        error = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+        called = 'first ahead' if diff > 2 * error else 'second ahead' if diff < -2 * error else 'not called'
+        return f'| {first} | {second} | {diff:+.2f} | {error:.2f} | {called} |'
+    assert lines[-4:] == [
+        row(*pairs[0], top1['option'], top1['random']),
+        row(*pairs[1], top1['paper'], top1['random']),
+        row(*pairs[2], top1['option'], top1['paper']),
+        '| resnet18_mod c=16: learned routing | a fixed random set of k | +0.10 | 0.06 | not called |']
+    assert lines[-4].endswith('| first ahead |') and lines[-2].endswith('| not called |')

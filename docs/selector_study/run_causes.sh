@@ -6,53 +6,51 @@
 # at a third of the cost of 30. Each arm removes one suspect and keeps the paper's parameter counts: weight decay on
 # the selectors (selector_decay=False), the dying ReLU (selector_act=leaky_relu), the scale the slim block's last
 # norm absorbs (score_scaling=straight_through), the learning rate (the whole recipe's lr at a quarter, c = 16
-# only), and random routing as the floor. Every run records its selectors per epoch (result.json, selectors.png);
-# `timm-mod selection` on each finished run adds the routing ablation (top-1 with each learned top k replaced by a
-# fixed random set), kept in docs/selector_study/selection/. Resumable; from the repository root:
+# only), and random routing as the floor. The candidates lane tries, at c = 16, the options made from what those
+# runs showed (a selector that barely moves from its initialisation while its input drifts): a selector learning
+# rate (selector_gain=10: 100x under SGD), an input that keeps its scale (selector_norm=True), and both. Every run
+# records its selectors per epoch (result.json, selectors.png); routing_ablation.sh adds what the routing carries.
+# Resumable; from the repository root:
 #   python docs/cifar10_study/make_holdout.py ../shared/data/cifar10 output/cifar10_holdout   # once
-#   bash docs/selector_study/run_causes.sh output/cifar10_holdout          # both lanes (c = 16 and c = 64)
-#   bash docs/selector_study/run_causes.sh output/cifar10_holdout 16       # one lane
+#   bash docs/selector_study/run_causes.sh output/cifar10_holdout                 # the three lanes, side by side
+#   bash docs/selector_study/run_causes.sh output/cifar10_holdout candidates      # one lane (16, 64, candidates)
 set -euo pipefail
 DATA=${1:-output/cifar10_holdout}
-LANES=${2:-16 64}
+LANES=${2:-16 64 candidates}
 OUT=output/selector_causes
 export OMP_NUM_THREADS=1
+source docs/selector_study/routing_ablation.sh
 mkdir -p "$OUT" docs/selector_study/selection
 # the recipe, derived from cifar10.yaml (never a copy of it); lr_quarter scales every learning rate by 1/4
-python - "$OUT" <<'EOF'
+python - "$OUT" <<'PY'
 import sys, yaml
 recipe = yaml.safe_load(open('train_args/cifar10.yaml'))
 recipe.update(epochs=10, cooldown_epochs=0, warmup_epochs=1)
 yaml.safe_dump(recipe, open(f'{sys.argv[1]}/short.yaml', 'w'), sort_keys=False)
 recipe.update({key: recipe[key] / 4 for key in ('lr', 'warmup_lr', 'min_lr')})
 yaml.safe_dump(recipe, open(f'{sys.argv[1]}/short_lr_quarter.yaml', 'w'), sort_keys=False)
-EOF
+PY
 study() { timm-mod compare -c "$OUT/$1.yaml" --data-dir "$DATA" --no-speed --output-dir "$OUT/$2" --models "${@:3}"; }
-ablate() {  # the routing ablation of every finished run of study folder $1 with learned routing
-    local run name
-    for run in "$OUT/$1"/*/seed0; do
-        [ -f "$run/result.json" ] && [[ $run != *routing=random* ]] || continue
-        name=$1_$(basename "$(dirname "$run")" | tr -c 'A-Za-z0-9_.=\n-' '_')
-        [ -f "docs/selector_study/selection/$name.json" ] && continue
-        timm-mod selection --model resnet18_mod --checkpoint "$run/last.pth.tar" --data-dir "$DATA" \
-            --split validation --output "$OUT/selection/$name"
-        cp "$OUT/selection/$name/selection.json" "docs/selector_study/selection/$name.json"
-    done
-}
 lane() {
+    if [ "$1" = candidates ]; then
+        study short c16_candidates "resnet18_mod:c=16,selector_gain=10@0" "resnet18_mod:c=16,selector_norm=True@0" \
+            "resnet18_mod:c=16,selector_gain=10,selector_norm=True@0"
+        ablate c16_candidates validation
+        return
+    fi
     local c=$1
     study short "c$c" "resnet18_mod:c=$c@0" "resnet18_mod:c=$c,score_scaling=straight_through@0" \
         "resnet18_mod:c=$c,selector_decay=False@0" "resnet18_mod:c=$c,selector_act=leaky_relu@0" \
         "resnet18_mod:c=$c,routing=random@0"
-    ablate "c$c"
+    ablate "c$c" validation
     if [ "$c" = 16 ]; then
         study short_lr_quarter "c16_lr_quarter" "resnet18_mod:c=16@0"
-        ablate c16_lr_quarter
+        ablate c16_lr_quarter validation
     fi
 }
 pids=()
-for c in $LANES; do
-    lane "$c" > >(sed -u "s/^/[c=$c] /") 2>&1 &
+for lane in $LANES; do
+    lane "$lane" > >(sed -u "s/^/[$lane] /") 2>&1 &
     pids+=($!)
 done
 status=0

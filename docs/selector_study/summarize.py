@@ -1,50 +1,63 @@
-""" The selector study's cause table (docs/selector_study.md), from the per-run results kept beside this script.
+""" The selector study's tables (docs/selector_study.md), from the per-run results kept beside this script.
 
-`--collect` first copies what run_causes.sh finished under output/selector_causes/ into runs/ (each run's
-result.json with its learning curve and per-epoch selector record) and each study's selectors.png. Then it prints,
-as Markdown, one row per arm: hold-out top-1, what the routing carries (top-1 with the learned top k minus top-1
-with a fixed random set of k channels, from selection/, written by `timm-mod selection`), and per MoD block the
-score spread (max - min over channels, mean over images) after the first and the last epoch, dead hidden units,
-how many distinct channels the block routes over the probe images, and how the selector's gradient compares with
-its weight decay after the last epoch's last step: |gradient| / (weight decay x |weights|), the ratio of the two
-pulls on its weights in one SGD step (one batch's gradient, so a rough figure; '-' without decay).
+`--collect` first copies what run_causes.sh and run_verdict.sh finished under output/ into runs/ (each run's
+result.json with its learning curve and per-epoch selector record) and each cause study's selectors.png. Then it
+prints, as Markdown:
+
+- the cause runs, one row per arm: hold-out top-1, what the routing carries (top-1 with the learned top k minus
+  top-1 with a fixed random set of k channels, from selection/, written by routing_ablation.sh), and per MoD block
+  the score spread (max - min over channels, mean over images) after the first and the last epoch, dead hidden
+  units, how many distinct channels the block routes over the probe images, and how the selector's gradient
+  compares with its weight decay after the last epoch's last step: |gradient| / (weight decay x |weights|), the
+  ratio of the two pulls on its weights in one SGD step (one batch's gradient, so a rough figure; '-' without decay);
+- the verdict runs, once there are any: top-1 and what the routing carries per arm (mean +- sample std over seeds),
+  with the converged study's arms at c = 64, and each comparison of docs/selector_study.md with its verdict by the
+  rule stated there before the runs (a difference is called beyond two standard errors, sqrt(s1^2/n1 + s2^2/n2)).
 
     python docs/selector_study/summarize.py --collect
 """
 import argparse
 import json
+import math
 import shutil
+import statistics
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from timm_mod.utils.tables import format_table
 
 HERE = Path(__file__).resolve().parent
-OUTPUT = HERE.parents[1] / 'output' / 'selector_causes'
+ROOT = HERE.parents[1]
 RUNS = HERE / 'runs'
 SELECTION = HERE / 'selection'
-STUDIES = ('c16', 'c64', 'c16_lr_quarter')  # run_causes.sh's study folders
+CONVERGED_RUNS = ROOT / 'docs' / 'cifar10_study' / 'runs'  # the converged study's c = 64 arms
+# study folder: the output folder holding it (run_causes.sh, run_verdict.sh)
+STUDIES = {
+    **{study: ROOT / 'output' / 'selector_causes' for study in ('c16', 'c64', 'c16_lr_quarter', 'c16_candidates')},
+    **{study: ROOT / 'output' / 'selector_verdict'
+       for study in ('verdict_c16', 'verdict_c16_option', 'verdict_c64_option')},
+}
+RULE_STANDARD_ERRORS = 2
 
 
-def run_file_name(study: str, label: str) -> str:
-    """ A run's file name in runs/ and selection/ (as run_causes.sh names the latter): study, then the label's
-    options, each character outside [A-Za-z0-9_.=-] replaced by '_'."""
+def run_file_name(study: str, run_folder: str, seed_folder: str) -> str:
+    """ A run's file name in runs/ and selection/ (as routing_ablation.sh names the latter): study, run folder with
+    each character outside [A-Za-z0-9_.=-] replaced by '_', seed folder."""
     keep = set('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.=-')
-    return f'{study}_' + ''.join(ch if ch in keep else '_' for ch in label) + '.json'
+    return f'{study}_' + ''.join(ch if ch in keep else '_' for ch in run_folder) + f'_{seed_folder}.json'
 
 
 def collect() -> None:
     RUNS.mkdir(exist_ok=True)
-    for study in STUDIES:
-        for result in sorted((OUTPUT / study).glob('*/seed0/result.json')):
-            run_folder = result.parent.parent.name
-            shutil.copyfile(result, RUNS / run_file_name(study, run_folder))
-        if (OUTPUT / study / 'selectors.png').exists():
-            shutil.copyfile(OUTPUT / study / 'selectors.png', HERE / f'{study}_selectors.png')
+    for study, output in STUDIES.items():
+        for result in sorted((output / study).glob('*/seed*/result.json')):
+            shutil.copyfile(result, RUNS / run_file_name(study, result.parent.parent.name, result.parent.name))
+        if (output / study / 'selectors.png').exists():
+            shutil.copyfile(output / study / 'selectors.png', HERE / f'{study}_selectors.png')
 
 
 def read_runs() -> List[Dict[str, Any]]:
-    """ Every collected run, with its routing ablation where `timm-mod selection` was run on it."""
+    """ Every collected run, with its study and its routing ablation where routing_ablation.sh measured it."""
     runs = []
     for path in sorted(RUNS.glob('*.json')):
         run = json.loads(path.read_text())
@@ -55,6 +68,12 @@ def read_runs() -> List[Dict[str, Any]]:
     return runs
 
 
+def carried(run: Dict[str, Any]) -> Optional[float]:
+    """ Points of top-1 the learned routing carries over a fixed random set of k channels (None: not measured)."""
+    ablation = run['routing_ablation']
+    return None if ablation is None else ablation['top1_learned'] - ablation['top1_fixed_random']
+
+
 def per_block(states: Dict[str, Dict[str, Any]], pattern: str, separator: str = ' / ') -> str:
     """ One value per MoD block in model order, `pattern` formatted with the block's recorded state."""
     return separator.join(pattern.format(**state) for state in states.values())
@@ -63,32 +82,109 @@ def per_block(states: Dict[str, Dict[str, Any]], pattern: str, separator: str = 
 def cause_table(runs: List[Dict[str, Any]]) -> str:
     rows = []
     for run in runs:
+        if run['study'].startswith('verdict'):
+            continue
         first, last = run['curve'][0].get('selectors'), run['curve'][-1].get('selectors')
-        ablation = run['routing_ablation']
-        carried = '-' if ablation is None else f"{ablation['top1_learned'] - ablation['top1_fixed_random']:+.2f}"
+        points = carried(run)
+        routing = '-' if points is None else f'{points:+.2f}'
         if first is None:  # random routing: no selector to record
-            rows.append((run['study'], run['label'], f"{run['top1']:.2f}", carried, '-', '-', '-', '-', '-'))
+            rows.append((run['study'], run['label'], f"{run['top1']:.2f}", routing, '-', '-', '-', '-', '-'))
             continue
         decay = run['identity']['recipe']['weight_decay'] if run['model_kwargs'].get('selector_decay', True) else 0
         pulls = per_block({name: dict(ratio=state['grad_norm'] / (decay * state['weight_norm']))
                            for name, state in last.items()}, '{ratio:.1f}') if decay else '-'
         rows.append((
-            run['study'], run['label'], f"{run['top1']:.2f}", carried,
+            run['study'], run['label'], f"{run['top1']:.2f}", routing,
             per_block(first, '{score_spread:.3f}'), per_block(last, '{score_spread:.3f}'),
             per_block(last, '{dead_units}/{hidden_units}', ', '), per_block(last, '{distinct_channels}'), pulls))
     header = ('study', 'arm', 'hold-out top-1 (%)', 'routing carries (points)', 'score spread, epoch 1',
-              'score spread, last epoch', 'dead hidden units', 'channels routed',
-              'gradient / decay')
+              'score spread, last epoch', 'dead hidden units', 'channels routed', 'gradient / decay')
     return format_table(header, rows, markdown=True)
+
+
+def mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return '-'
+    if len(values) == 1:
+        return f'{values[0]:.2f}'
+    return f'{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}'
+
+
+def verdict_arms(runs: List[Dict[str, Any]]) -> Dict[str, Tuple[List[float], List[float]]]:
+    """ arm name: (top-1 per seed, routing carried per measured seed), the verdict runs' arms and the converged
+    study's paper and random arms at c = 64."""
+    arms: Dict[str, Tuple[List[float], List[float]]] = {}
+    for run in runs:
+        if run['study'].startswith('verdict'):
+            top1, routing = arms.setdefault(run['label'], ([], []))
+            top1.append(run['top1'])
+            if carried(run) is not None:
+                routing.append(carried(run))
+    if arms:
+        for name, pattern in (('resnet18_mod (c=64, converged study)', 'resnet18_mod_seed*.json'),
+                              ('resnet18_mod routing=random (c=64, converged study)',
+                               'resnet18_mod@routing=random_seed*.json')):
+            arms[name] = ([json.loads(p.read_text())['top1'] for p in sorted(CONVERGED_RUNS.glob(pattern))], [])
+    return arms
+
+
+def difference(a: Sequence[float], b: Sequence[float]) -> Tuple[float, float]:
+    """ Mean of a minus mean of b, and its standard error sqrt(s_a^2/n_a + s_b^2/n_b)."""
+    return (statistics.mean(a) - statistics.mean(b),
+            math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b)))
+
+
+def verdict(diff: float, error: float) -> str:
+    if diff > RULE_STANDARD_ERRORS * error:
+        return 'first ahead'
+    if diff < -RULE_STANDARD_ERRORS * error:
+        return 'second ahead'
+    return 'not called'
+
+
+def verdict_tables(arms: Dict[str, Tuple[List[float], List[float]]], pairs: Sequence[Tuple[str, str]]) -> str:
+    rows = [(name, str(len(top1)), mean_std(top1), mean_std(routing)) for name, (top1, routing) in arms.items()]
+    table = format_table(('arm', 'seeds', 'top-1 (%)', 'routing carries (points)'), rows, markdown=True)
+    comparisons = []
+    for first, second in pairs:
+        a, b = arms[first][0], arms[second][0]
+        if len(a) > 1 and len(b) > 1:
+            diff, error = difference(a, b)
+            comparisons.append((first, second, f'{diff:+.2f}', f'{error:.2f}', verdict(diff, error)))
+    for name, (_, routing) in arms.items():
+        if len(routing) > 1:
+            error = statistics.stdev(routing) / math.sqrt(len(routing))
+            mean = statistics.mean(routing)
+            comparisons.append((name + ': learned routing', 'a fixed random set of k', f'{mean:+.2f}',
+                                f'{error:.2f}', verdict(mean, error)))
+    return table + '\n\n' + format_table(('first', 'second', 'difference (points)', 's.e.', 'verdict'),
+                                         comparisons, markdown=True)
+
+
+def verdict_pairs(arms: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """ The comparisons docs/selector_study.md fixed: at c = 16 the option and the paper's selector each against
+    random routing and against each other; at c = 64 the option against the converged study's random arm."""
+    names = list(arms)
+    option_16 = next((n for n in names if n.startswith('resnet18_mod c=16 ') and 'routing=random' not in n), None)
+    option_64 = next((n for n in names if n.startswith('resnet18_mod ') and 'c=16' not in n
+                      and 'converged study' not in n), None)
+    random_16, paper_16 = 'resnet18_mod c=16 routing=random', 'resnet18_mod c=16'
+    random_64 = 'resnet18_mod routing=random (c=64, converged study)'
+    pairs = [(option_16, random_16), (paper_16, random_16), (option_16, paper_16), (option_64, random_64)]
+    return [(a, b) for a, b in pairs if a in arms and b in arms]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--collect', action='store_true', help='copy finished runs from output/selector_causes/')
+    parser.add_argument('--collect', action='store_true', help='copy finished runs from output/')
     args = parser.parse_args()
     if args.collect:
         collect()
-    print(cause_table(read_runs()))
+    runs = read_runs()
+    print(cause_table(runs))
+    arms = verdict_arms(runs)
+    if arms:
+        print('\n' + verdict_tables(arms, verdict_pairs(arms)))
 
 
 if __name__ == '__main__':
