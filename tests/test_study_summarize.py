@@ -1,6 +1,8 @@
-""" The CIFAR-10 study's summarize.py on made-up run files: the tables and verdicts against numbers computed here,
-only runs of the study's recipe and epochs collected, arms.txt mistakes refused, results restored from any folder
-as runs that compare reuses in that study and refuses in any other."""
+""" The studies' scripts on made-up run files: the CIFAR-10 study's summarize.py (the tables and verdicts against
+numbers computed here, only runs of the study's recipe and epochs collected, arms.txt mistakes refused, results
+restored from any folder as runs that compare reuses in that study and refuses in any other), the selector study's
+summarize.py and switched_off.py."""
+import argparse
 import importlib.util
 import json
 import math
@@ -11,6 +13,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import timm
+import torch
+from timm.utils import random_seed
 
 from timm_mod.experiments.compare import ModelSpec, compare
 from timm_mod.experiments.recipe import load_train_args
@@ -250,3 +255,22 @@ def test_selector_study_verdicts_from_made_up_runs(selector_study: ModuleType, t
         row(*pairs[2], top1['option'], top1['paper']),
         '| resnet18_mod c=16: learned routing | a fixed random set of k | +0.10 | 0.06 | not called |']
     assert lines[-4].endswith('| first ahead |') and lines[-2].endswith('| not called |')
+
+
+def test_switched_off_rebuilds_the_selectors_initial_weights(digits: Path, tmp_path: Path) -> None:
+    """ docs/selector_study/switched_off.py on a run that never trained (its weights are compare's initial ones for
+    its seed): the initial weights it rebuilds are the run's, so both on-shares are equal and the cosine is 1."""
+    spec = importlib.util.spec_from_file_location('switched_off', SELECTOR_SCRIPT.parent / 'switched_off.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    random_seed(3)
+    model = timm.create_model('resnet18_mod', num_classes=10, c=16)
+    run = tmp_path / 'study' / 'resnet18_mod@c=16' / 'seed3'
+    run.mkdir(parents=True)
+    torch.save({'state_dict': model.state_dict(), 'args': argparse.Namespace(
+        model='resnet18_mod', model_kwargs={'c': 16}, seed=3, input_size=[3, 32, 32])}, run / 'last.pth.tar')
+    found = module.measure(run, digits)
+    assert list(found) == ['layer1.1', 'layer2.1', 'layer3.1', 'layer4.1']
+    for block in found.values():
+        assert block['on_trained'] == block['on_initial'] and 0 < block['on_trained'] < 1
+        assert block['cosine_to_initial'] == pytest.approx(1.0, abs=1e-6)
