@@ -172,10 +172,11 @@ def _write_run(folder: Path, run_folder: str, seed: int, **result) -> None:
     (run_dir / 'result.json').write_text(json.dumps(dict(result, seed=seed)))
 
 
-def _ablation(module: ModuleType, study: str, run_folder: str, seed: int, learned: float, fixed: float) -> None:
+def _ablation(module: ModuleType, study: str, run_folder: str, seed: int, learned: float, fixed: float,
+              neighbour: float) -> None:
     path = module.SELECTION / module.run_file_name(study, run_folder, f'seed{seed}')
     path.write_text(json.dumps({'routing_ablation': dict(images=10, top1_learned=learned, top1_fixed_random=fixed,
-                                                         seed=0)}))
+                                                         seed=0, top1_neighbour=neighbour)}))
 
 
 def test_selector_study_cause_table_from_made_up_runs(selector_study: ModuleType, tmp_path: Path) -> None:
@@ -199,7 +200,7 @@ def test_selector_study_cause_table_from_made_up_runs(selector_study: ModuleType
                top1=81.0, identity=identity, model_kwargs={'c': 16, 'selector_decay': False},
                curve=[dict(epoch=1, selectors={'layer1.1': state(0.3, 0)})])
     (causes / 'unfinished/seed0').mkdir(parents=True)
-    _ablation(selector_study, 'c16', 'resnet18_mod@c=16', 0, 81.25, 80.0)
+    _ablation(selector_study, 'c16', 'resnet18_mod@c=16', 0, 81.25, 80.0, 81.0)
     selector_study.collect()
     assert sorted(p.name for p in selector_study.RUNS.iterdir()) == [
         'c16_resnet18_mod_c=16_routing=random_seed0.json', 'c16_resnet18_mod_c=16_seed0.json',
@@ -207,10 +208,10 @@ def test_selector_study_cause_table_from_made_up_runs(selector_study: ModuleType
     runs = selector_study.read_runs()
     lines = selector_study.cause_table(runs).splitlines()
     # gradient / decay: 0.05 / (5e-4 * 4) = 25 and 0.04 / (5e-4 * 4) = 20
-    assert lines[2] == '| c16 | resnet18_mod c=16 routing=random | 80.50 | - | - | - | - | - | - |'
-    assert lines[3] == ('| c16 | resnet18_mod c=16 | 81.25 | +1.25 | 0.400 / 0.200 | 0.010 / 0.000 | 4/4, 3/4 '
-                        '| 7 / 7 | 25.0 / 20.0 |')
-    assert lines[4] == ('| c16 | resnet18_mod c=16 selector_decay=False | 81.00 | - | 0.300 | 0.300 | 0/4 | 7 '
+    assert lines[2] == '| c16 | resnet18_mod c=16 routing=random | 80.50 | - | - | - | - | - | - | - |'
+    assert lines[3] == ('| c16 | resnet18_mod c=16 | 81.25 | +1.25 | +0.25 | 0.400 / 0.200 | 0.010 / 0.000 '
+                        '| 4/4, 3/4 | 7 / 7 | 25.0 / 20.0 |')
+    assert lines[4] == ('| c16 | resnet18_mod c=16 selector_decay=False | 81.00 | - | - | 0.300 | 0.300 | 0/4 | 7 '
                         '| - |')
     assert len(lines) == 5
     assert selector_study.verdict_arms(runs) == {}  # no verdict run yet: no verdict table
@@ -229,7 +230,7 @@ def test_selector_study_verdicts_from_made_up_runs(selector_study: ModuleType, t
                    label='resnet18_mod c=16 routing=random', top1=top1['random'][seed], curve=[])
         _write_run(verdict / 'verdict_c16_option', 'resnet18_mod@c=16,selector_gain=10', seed,
                    label='resnet18_mod c=16 selector_gain=10', top1=top1['option'][seed], curve=[])
-        _ablation(selector_study, 'verdict_c16', 'resnet18_mod@c=16', seed, 81.0, 81.0 - 0.1 * seed)
+        _ablation(selector_study, 'verdict_c16', 'resnet18_mod@c=16', seed, 81.0, 80.0, 81.0 - 0.1 * seed)
         for name, value in (('resnet18_mod', 81.5 + seed / 10), ('resnet18_mod@routing=random', 81.3)):
             (tmp_path / 'converged' / f'{name}_seed{seed}.json').write_text(json.dumps({'top1': value}))
     selector_study.collect()
@@ -253,7 +254,7 @@ def test_selector_study_verdicts_from_made_up_runs(selector_study: ModuleType, t
         row(*pairs[0], top1['option'], top1['random']),
         row(*pairs[1], top1['paper'], top1['random']),
         row(*pairs[2], top1['option'], top1['paper']),
-        '| resnet18_mod c=16: learned routing | a fixed random set of k | +0.10 | 0.06 | not called |']
+        "| resnet18_mod c=16: each image's routing | the previous image's | +0.10 | 0.06 | not called |"]
     assert lines[-4].endswith('| first ahead |') and lines[-2].endswith('| not called |')
 
 

@@ -5,12 +5,14 @@ result.json with its learning curve and per-epoch selector record) and each caus
 prints, as Markdown:
 
 - the cause runs, one row per arm: hold-out top-1, what the routing carries (top-1 with the learned top k minus
-  top-1 with a fixed random set of k channels, from selection/, written by routing_ablation.sh), and per MoD block
+  top-1 with a fixed random set of k channels, and minus top-1 with each image routed as the previous image of its
+  batch, from selection/, written by routing_ablation.sh), and per MoD block
   the score spread (max - min over channels, mean over images) after the first and the last epoch, dead hidden
   units, how many distinct channels the block routes over the probe images, and how the selector's gradient
   compares with its weight decay after the last epoch's last step: |gradient| / (weight decay x |weights|), the
   ratio of the two pulls on its weights in one SGD step (one batch's gradient, so a rough figure; '-' without decay);
-- the verdict runs, once there are any: top-1 and what the routing carries per arm (mean +- sample std over seeds),
+- the verdict runs, once there are any: top-1 and what each image's routing carries over the previous image's per
+  arm (mean +- sample std over seeds),
   with the converged study's arms at c = 64, and each comparison of docs/selector_study.md with its verdict by the
   rule stated there before the runs (a difference is called beyond two standard errors, sqrt(s1^2/n1 + s2^2/n2)).
 
@@ -68,10 +70,17 @@ def read_runs() -> List[Dict[str, Any]]:
     return runs
 
 
-def carried(run: Dict[str, Any]) -> Optional[float]:
-    """ Points of top-1 the learned routing carries over a fixed random set of k channels (None: not measured)."""
+def carried(run: Dict[str, Any], replaced_by: str = 'top1_fixed_random') -> Optional[float]:
+    """ Points of top-1 the learned routing carries over a fixed random set of k channels ('top1_fixed_random')
+    or over the previous image's choice ('top1_neighbour'); None where not measured."""
     ablation = run['routing_ablation']
-    return None if ablation is None else ablation['top1_learned'] - ablation['top1_fixed_random']
+    if ablation is None or ablation.get(replaced_by) is None:
+        return None
+    return ablation['top1_learned'] - ablation[replaced_by]
+
+
+def points(value: Optional[float]) -> str:
+    return '-' if value is None else f'{value:+.2f}'
 
 
 def per_block(states: Dict[str, Dict[str, Any]], pattern: str, separator: str = ' / ') -> str:
@@ -85,19 +94,19 @@ def cause_table(runs: List[Dict[str, Any]]) -> str:
         if run['study'].startswith('verdict'):
             continue
         first, last = run['curve'][0].get('selectors'), run['curve'][-1].get('selectors')
-        points = carried(run)
-        routing = '-' if points is None else f'{points:+.2f}'
+        routing = (points(carried(run)), points(carried(run, 'top1_neighbour')))
         if first is None:  # random routing: no selector to record
-            rows.append((run['study'], run['label'], f"{run['top1']:.2f}", routing, '-', '-', '-', '-', '-'))
+            rows.append((run['study'], run['label'], f"{run['top1']:.2f}", *routing, '-', '-', '-', '-', '-'))
             continue
         decay = run['identity']['recipe']['weight_decay'] if run['model_kwargs'].get('selector_decay', True) else 0
         pulls = per_block({name: dict(ratio=state['grad_norm'] / (decay * state['weight_norm']))
                            for name, state in last.items()}, '{ratio:.1f}') if decay else '-'
         rows.append((
-            run['study'], run['label'], f"{run['top1']:.2f}", routing,
+            run['study'], run['label'], f"{run['top1']:.2f}", *routing,
             per_block(first, '{score_spread:.3f}'), per_block(last, '{score_spread:.3f}'),
             per_block(last, '{dead_units}/{hidden_units}', ', '), per_block(last, '{distinct_channels}'), pulls))
-    header = ('study', 'arm', 'hold-out top-1 (%)', 'routing carries (points)', 'score spread, epoch 1',
+    header = ('study', 'arm', 'hold-out top-1 (%)', 'routing carries: over a fixed random set (points)',
+              "over the previous image's choice (points)", 'score spread, epoch 1',
               'score spread, last epoch', 'dead hidden units', 'channels routed', 'gradient / decay')
     return format_table(header, rows, markdown=True)
 
@@ -111,15 +120,15 @@ def mean_std(values: Sequence[float]) -> str:
 
 
 def verdict_arms(runs: List[Dict[str, Any]]) -> Dict[str, Tuple[List[float], List[float]]]:
-    """ arm name: (top-1 per seed, routing carried per measured seed), the verdict runs' arms and the converged
-    study's paper and random arms at c = 64."""
+    """ arm name: (top-1 per seed, points each image's own routing carries over the previous image's, per
+    measured seed), the verdict runs' arms and the converged study's paper and random arms at c = 64."""
     arms: Dict[str, Tuple[List[float], List[float]]] = {}
     for run in runs:
         if run['study'].startswith('verdict'):
             top1, routing = arms.setdefault(run['label'], ([], []))
             top1.append(run['top1'])
-            if carried(run) is not None:
-                routing.append(carried(run))
+            if carried(run, 'top1_neighbour') is not None:
+                routing.append(carried(run, 'top1_neighbour'))
     if arms:
         for name, pattern in (('resnet18_mod (c=64, converged study)', 'resnet18_mod_seed*.json'),
                               ('resnet18_mod routing=random (c=64, converged study)',
@@ -144,7 +153,8 @@ def verdict(diff: float, error: float) -> str:
 
 def verdict_tables(arms: Dict[str, Tuple[List[float], List[float]]], pairs: Sequence[Tuple[str, str]]) -> str:
     rows = [(name, str(len(top1)), mean_std(top1), mean_std(routing)) for name, (top1, routing) in arms.items()]
-    table = format_table(('arm', 'seeds', 'top-1 (%)', 'routing carries (points)'), rows, markdown=True)
+    table = format_table(('arm', 'seeds', 'top-1 (%)', "each image's routing carries (points)"), rows,
+                         markdown=True)
     comparisons = []
     for first, second in pairs:
         a, b = arms[first][0], arms[second][0]
@@ -155,7 +165,7 @@ def verdict_tables(arms: Dict[str, Tuple[List[float], List[float]]], pairs: Sequ
         if len(routing) > 1:
             error = statistics.stdev(routing) / math.sqrt(len(routing))
             mean = statistics.mean(routing)
-            comparisons.append((name + ': learned routing', 'a fixed random set of k', f'{mean:+.2f}',
+            comparisons.append((name + ": each image's routing", "the previous image's", f'{mean:+.2f}',
                                 f'{error:.2f}', verdict(mean, error)))
     return table + '\n\n' + format_table(('first', 'second', 'difference (points)', 's.e.', 'verdict'),
                                          comparisons, markdown=True)

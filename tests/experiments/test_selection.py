@@ -117,7 +117,9 @@ def test_command_on_quickstart_data_and_mismatched_checkpoint(tmp_path: Path) ->
     assert report['images'] == 9 and ablation.strip() == (
         f"what the routing carries, on the 9 images counted: top-1 {report['top1_learned']:.2f} with the learned "
         f"top k, {report['top1_fixed_random']:.2f} with a fixed random set of k channels per block (seed 0): "
-        f"{report['top1_learned'] - report['top1_fixed_random']:+.2f} points")
+        f"{report['top1_learned'] - report['top1_fixed_random']:+.2f} points; {report['top1_neighbour']:.2f} with "
+        f"each image routed as the previous image of its batch: "
+        f"{report['top1_learned'] - report['top1_neighbour']:+.2f} points")
     assert (tmp_path / 'out' / 'selection_layer3_1.png').read_bytes()[:4] == b'\x89PNG'
 
     other = tmp_path / 'other.pth.tar'
@@ -165,10 +167,50 @@ def test_fixed_random_routing_is_the_block_written_out_with_a_fixed_channel_set(
         torch.testing.assert_close(model(x), learned, rtol=0, atol=0)
 
 
+def test_neighbour_routing_is_the_block_written_out_with_the_previous_images_choice() -> None:
+    """ Per-image ablation: image b of a batch routes the top k (by score, ties to the lower channel) that its
+    block's selector gives image b - 1 (image 0: the last image's), scaled by its own scores for those channels;
+    afterwards the blocks route by their selectors again."""
+    from timm_mod.experiments.selection import neighbour_routing
+    from timm_mod.layers import MoDBlock
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18_mod', num_classes=3, c=16).eval()
+    x = torch.randn(4, 3, 32, 32)
+    blocks = {name: m for name, m in model.named_modules() if isinstance(m, MoDBlock)}
+
+    def written_out(block: MoDBlock):
+        def hook(_module, inputs, _output):
+            (features,) = inputs
+            scores = block.selector(features)
+            out = features.clone()
+            for b in range(features.shape[0]):
+                other = (b - 1) % features.shape[0]
+                channels = scores[other].argsort(descending=True, stable=True)[:block.k]
+                update = block.block(features[b:b + 1, channels])
+                out[b, :block.k] += scores[b, channels][:, None, None] * update[0]
+            return out
+        return hook
+
+    with torch.no_grad():
+        learned = model(x)
+        with neighbour_routing(model):
+            ablated = model(x)
+        handles = [b.register_forward_hook(written_out(b)) for b in blocks.values()]
+        reference = model(x)
+        for handle in handles:
+            handle.remove()
+        torch.testing.assert_close(ablated, reference)
+        assert not torch.allclose(ablated, learned)
+        torch.testing.assert_close(model(x), learned, rtol=0, atol=0)
+        alone = model(x[:1])
+        with neighbour_routing(model):  # one image routes its own choice
+            torch.testing.assert_close(model(x[:1]), alone, rtol=0, atol=0)
+
+
 def test_selection_reports_the_accuracy_the_routing_carries(animal_folder: Path) -> None:
     """ top-1 with the learned top k and with the fixed random sets, over the images counted, against the same
     predictions made directly; counting is unchanged by the extra pass; no number for a model of other classes."""
-    from timm_mod.experiments.selection import ABLATION_SEED, fixed_random_routing
+    from timm_mod.experiments.selection import ABLATION_SEED, fixed_random_routing, neighbour_routing
     model = forced_model()
     selection = count_selections(model, animal_folder, 'validation', progress=False)
     dataset = timm.data.create_dataset('', root=str(animal_folder), split='validation',
@@ -180,10 +222,15 @@ def test_selection_reports_the_accuracy_the_routing_carries(animal_folder: Path)
         learned = (model(images).argmax(1) == targets).float().mean() * 100
         with fixed_random_routing(model, ABLATION_SEED):
             ablated = (model(images).argmax(1) == targets).float().mean() * 100
+        batches = torch.utils.data.DataLoader(list(zip(images, targets)), batch_size=32)  # selection's batches
+        with neighbour_routing(model):
+            neighbour = sum(int((model(b).argmax(1) == t).sum()) for b, t in batches) / len(targets) * 100
     report = selection.ablation
     assert (report.images, report.seed) == (9, ABLATION_SEED)
     assert report.top1_learned == pytest.approx(float(learned)) and report.top1_fixed_random == pytest.approx(
         float(ablated))
     assert report.carried == pytest.approx(float(learned - ablated))
+    assert report.top1_neighbour == pytest.approx(neighbour)
+    assert report.carried_per_image == pytest.approx(float(learned) - neighbour, abs=1e-4)
     other_classes = timm.create_model('resnet18_mod', num_classes=5).eval()
     assert count_selections(other_classes, animal_folder, 'validation', progress=False).ablation is None

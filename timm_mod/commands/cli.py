@@ -366,7 +366,8 @@ def _selection(args: argparse.Namespace) -> None:
     if ablation is not None:
         print(f'\nwhat the routing carries, on the {ablation.images} images counted: top-1 {ablation.top1_learned:.2f} '
               f'with the learned top k, {ablation.top1_fixed_random:.2f} with a fixed random set of k channels per '
-              f'block (seed {ablation.seed}): {ablation.carried:+.2f} points')
+              f'block (seed {ablation.seed}): {ablation.carried:+.2f} points; {ablation.top1_neighbour:.2f} with each '
+              f'image routed as the previous image of its batch: {ablation.carried_per_image:+.2f} points')
 
 
 def _cuda_available() -> bool:

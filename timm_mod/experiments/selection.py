@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,7 @@ from ..utils.tables import pyplot, save_figure
 
 __all__ = [
     'SelectionCounts', 'BlockSummary', 'SelectorState', 'count_selections', 'summarize', 'write_selection',
-    'selector_states', 'fixed_random_routing', 'RoutingAblation',
+    'selector_states', 'fixed_random_routing', 'neighbour_routing', 'RoutingAblation',
 ]
 
 
@@ -85,42 +85,71 @@ ABLATION_SEED = 0  # the fixed random channels of the routing ablation
 
 @dataclass(frozen=True)
 class RoutingAblation:
-    """ How much accuracy the learned routing carries: top-1 on the same images with each selector's top k, and
-    with each block's top k replaced by one fixed random set of k channels (`fixed_random_routing`)."""
+    """ How much accuracy the learned routing carries: top-1 on the same images with each selector's top k, with
+    each block's top k replaced by one fixed random set of k channels (`fixed_random_routing`), and with each
+    image routed as its selectors route the previous image of its batch (`neighbour_routing`)."""
     images: int
     top1_learned: float
     top1_fixed_random: float
     seed: int
+    top1_neighbour: Optional[float] = None  # None in files written before it was measured
 
     @property
     def carried(self) -> float:
-        """ Points of top-1 the learned choice of channels is worth over a fixed random one."""
+        """ Points of top-1 the learned choice of channels is worth over a fixed random one: what the choice says
+        about each image, and also whatever the network adapted to in the sets it learned to route."""
         return self.top1_learned - self.top1_fixed_random
+
+    @property
+    def carried_per_image(self) -> Optional[float]:
+        """ Points of top-1 that each image's own choice is worth over another image's."""
+        return None if self.top1_neighbour is None else self.top1_learned - self.top1_neighbour
+
+
+@contextmanager
+def _routes_replaced(model: nn.Module, choose: Callable[[str, MoDBlock, torch.Tensor, torch.Tensor], torch.Tensor]
+                     ) -> Iterator[None]:
+    """ Inside the block, every MoD block with a selector routes the channels (B, k) that `choose(block name, block,
+    block input, selector scores)` picks, each scaled by its own selector score as the block scales it (not at all
+    with score_scaling='straight_through'); the blocks route as before on exit."""
+    blocks = selector_blocks(model)
+
+    def replaced(name: str, block: MoDBlock):
+        def route(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+            scores = block.selector(x)
+            indices = choose(name, block, x, scores)
+            return indices, scores.gather(1, indices)
+        return route
+
+    try:
+        for name, block in blocks.items():
+            block.route = replaced(name, block)  # the instance attribute shadows MoDBlock.route
+        yield
+    finally:
+        for block in blocks.values():
+            block.__dict__.pop('route', None)
 
 
 @contextmanager
 def fixed_random_routing(model: nn.Module, seed: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
     """ Inside the block, every MoD block with a selector routes one fixed random set of k channels (drawn from
-    `seed`, the same for every image), each scaled by its selector score as the block scales it (not at all with
-    score_scaling='straight_through'): only the learned choice of channels is taken away. Yields the channels
-    drawn per block; the blocks route as before on exit."""
-    blocks = selector_blocks(model)
+    `seed`, the same for every image): the learned choice of channels is taken away, and with it any set the
+    network has adapted to. Yields the channels drawn per block."""
     generator = torch.Generator().manual_seed(seed)
-    drawn = {name: torch.randperm(block.in_channels, generator=generator)[:block.k] for name, block in blocks.items()}
-
-    def fixed_route(block: MoDBlock, channels: torch.Tensor):
-        def route(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-            indices = fixed_channel_indices(x, channels.to(x.device))
-            return indices, block.selector(x).gather(1, indices)
-        return route
-
-    try:
-        for name, block in blocks.items():
-            block.route = fixed_route(block, drawn[name])  # the instance attribute shadows MoDBlock.route
+    drawn = {name: torch.randperm(block.in_channels, generator=generator)[:block.k]
+             for name, block in selector_blocks(model).items()}
+    with _routes_replaced(model, lambda name, _block, x, _scores: fixed_channel_indices(x, drawn[name].to(x.device))):
         yield drawn
-    finally:
-        for block in blocks.values():
-            block.__dict__.pop('route', None)
+
+
+@contextmanager
+def neighbour_routing(model: nn.Module) -> Iterator[None]:
+    """ Inside the block, every MoD block with a selector routes, for each image of a batch, the channels its
+    selector picks for the previous image (the first image: the last's). The channels keep their distribution over
+    images, so a selector that always picks the same ones loses nothing; only what the choice says about each image
+    is taken away. A batch of one image routes its own choice."""
+    with _routes_replaced(model, lambda _name, block, _x, scores: top_k_channels(scores, block.k)[1].roll(1, 0)):
+        yield
 
 
 def selector_states(model: nn.Module, images: torch.Tensor) -> Dict[str, SelectorState]:
@@ -206,7 +235,7 @@ def count_selections(
         name: torch.zeros(len(class_names), block.in_channels, dtype=torch.long) for name, block in blocks.items()}
     samples = torch.zeros(len(class_names), dtype=torch.long)
     scored = getattr(model, 'num_classes', None) == len(class_names)  # the model's classes are the folder's
-    correct = {'learned': 0, 'fixed random': 0}
+    correct = {'learned': 0, 'fixed random': 0, 'neighbour': 0}
     batch_targets: List[torch.Tensor] = []  # the classes of the batch being run, for the hooks
     probe: List[torch.Tensor] = []  # the first PROBE_IMAGES images, for the selectors' state
 
@@ -226,6 +255,8 @@ def count_selections(
                     batch_targets.clear()
                     with fixed_random_routing(model, ABLATION_SEED):
                         correct['fixed random'] += int((model(images).argmax(1) == targets).sum())
+                    with neighbour_routing(model):
+                        correct['neighbour'] += int((model(images).argmax(1) == targets).sum())
                 if sum(len(batch) for batch in probe) < PROBE_IMAGES:
                     probe.append(images)
                 samples += torch.bincount(targets, minlength=len(class_names))
@@ -237,7 +268,7 @@ def count_selections(
     states = selector_states(model, torch.cat(probe)[:PROBE_IMAGES]) if probe else {}
     images = int(samples.sum())
     ablation = RoutingAblation(images, 100 * correct['learned'] / images, 100 * correct['fixed random'] / images,
-                               ABLATION_SEED) if scored and images else None
+                               ABLATION_SEED, 100 * correct['neighbour'] / images) if scored and images else None
     return SelectionCounts(class_names, samples, counts, {name: block.k for name, block in blocks.items()}, states,
                            ablation)
 
