@@ -222,12 +222,15 @@ def test_selector_study_verdicts_from_made_up_runs(selector_study: ModuleType, t
     c = 64 arms read beside them, and each comparison called by the two-standard-error rule, numbers computed
     here."""
     verdict = tmp_path / 'verdict'
-    top1 = {'paper': [81.0, 81.2, 81.4], 'random': [80.0, 80.1, 80.2], 'option': [81.1, 81.5, 81.0]}
+    top1 = {'paper': [81.0, 81.2, 81.4], 'random': [80.0, 80.1, 80.2], 'option': [81.1, 81.5, 81.0],
+            'fixed': [81.3, 80.9, 81.2]}
     for seed in range(3):
         _write_run(verdict / 'verdict_c16', 'resnet18_mod@c=16', seed, label='resnet18_mod c=16',
                    top1=top1['paper'][seed], curve=[])
         _write_run(verdict / 'verdict_c16', 'resnet18_mod@c=16,routing=random', seed,
                    label='resnet18_mod c=16 routing=random', top1=top1['random'][seed], curve=[])
+        _write_run(verdict / 'verdict_c16', 'resnet18_mod@c=16,routing=fixed', seed,
+                   label='resnet18_mod c=16 routing=fixed', top1=top1['fixed'][seed], curve=[])
         _write_run(verdict / 'verdict_c16_option', 'resnet18_mod@c=16,selector_gain=10', seed,
                    label='resnet18_mod c=16 selector_gain=10', top1=top1['option'][seed], curve=[])
         _ablation(selector_study, 'verdict_c16', 'resnet18_mod@c=16', seed, 81.0, 80.0, 81.0 - 0.1 * seed)
@@ -241,7 +244,9 @@ def test_selector_study_verdicts_from_made_up_runs(selector_study: ModuleType, t
     pairs = selector_study.verdict_pairs(arms)
     assert pairs == [('resnet18_mod c=16 selector_gain=10', 'resnet18_mod c=16 routing=random'),
                      ('resnet18_mod c=16', 'resnet18_mod c=16 routing=random'),
-                     ('resnet18_mod c=16 selector_gain=10', 'resnet18_mod c=16')]
+                     ('resnet18_mod c=16 selector_gain=10', 'resnet18_mod c=16'),
+                     ('resnet18_mod c=16', 'resnet18_mod c=16 routing=fixed'),
+                     ('resnet18_mod c=16 selector_gain=10', 'resnet18_mod c=16 routing=fixed')]
     lines = selector_study.verdict_tables(arms, pairs).splitlines()
     assert '| resnet18_mod c=16 | 3 | 81.20 +- 0.20 | 0.10 +- 0.10 |' in lines
 
@@ -250,12 +255,14 @@ def test_selector_study_verdicts_from_made_up_runs(selector_study: ModuleType, t
         error = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
         called = 'first ahead' if diff > 2 * error else 'second ahead' if diff < -2 * error else 'not called'
         return f'| {first} | {second} | {diff:+.2f} | {error:.2f} | {called} |'
-    assert lines[-4:] == [
+    assert lines[-6:] == [
         row(*pairs[0], top1['option'], top1['random']),
         row(*pairs[1], top1['paper'], top1['random']),
         row(*pairs[2], top1['option'], top1['paper']),
+        row(*pairs[3], top1['paper'], top1['fixed']),
+        row(*pairs[4], top1['option'], top1['fixed']),
         "| resnet18_mod c=16: each image's routing | the previous image's | +0.10 | 0.06 | not called |"]
-    assert lines[-4].endswith('| first ahead |') and lines[-2].endswith('| not called |')
+    assert lines[-6].endswith('| first ahead |') and lines[-4].endswith('| not called |')
 
 
 def test_switched_off_rebuilds_the_selectors_initial_weights(digits: Path, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@
 ablate() {
     local run name
     for run in "$OUT/$1"/*/seed*; do
-        [ -f "$run/result.json" ] && [[ $run != *routing=random* ]] || continue
+        [ -f "$run/result.json" ] && [[ $run != *routing=* ]] || continue  # random or fixed: no selector
         name=$1_$(basename "$(dirname "$run")" | tr -c 'A-Za-z0-9_.=\n-' '_')_$(basename "$run")
         [ -f "docs/selector_study/selection/$name.json" ] && continue
         timm-mod selection --model resnet18_mod --checkpoint "$run/last.pth.tar" --data-dir "$DATA" \

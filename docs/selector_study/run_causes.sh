@@ -7,8 +7,9 @@
 # the selectors (selector_decay=False), the dying ReLU (selector_act=leaky_relu), the scale the slim block's last
 # norm absorbs (score_scaling=straight_through), the learning rate (the whole recipe's lr at a quarter, c = 16
 # only), and random routing as the floor. The candidates lane tries, at c = 16, the options made from what those
-# runs showed (a selector that barely moves from its initialisation while its input drifts): a selector learning
-# rate (selector_gain=10: 100x under SGD), an input that keeps its scale (selector_norm=True), and both. Every run
+# runs showed (selectors switched off by training): a selector learning rate (selector_gain=10: 100x under SGD), an
+# input without the common level its units are switched off against (selector_norm=True), both, and static routing
+# (routing=fixed: one set of k channels for every image, what a switched-off selector routes). Every run
 # records its selectors per epoch (result.json, selectors.png); routing_ablation.sh adds what the routing carries.
 # Resumable; from the repository root:
 #   python docs/cifar10_study/make_holdout.py ../shared/data/cifar10 output/cifar10_holdout   # once
@@ -34,7 +35,7 @@ study() { timm-mod compare -c "$OUT/$1.yaml" --data-dir "$DATA" --no-speed --out
 lane() {
     if [ "$1" = candidates ]; then
         study short c16_candidates "resnet18_mod:c=16,selector_gain=10@0" "resnet18_mod:c=16,selector_norm=True@0" \
-            "resnet18_mod:c=16,selector_gain=10,selector_norm=True@0"
+            "resnet18_mod:c=16,selector_gain=10,selector_norm=True@0" "resnet18_mod:c=16,routing=fixed@0"
         ablate c16_candidates validation
         return
     fi

@@ -173,14 +173,18 @@ def verdict_tables(arms: Dict[str, Tuple[List[float], List[float]]], pairs: Sequ
 
 def verdict_pairs(arms: Dict[str, Any]) -> List[Tuple[str, str]]:
     """ The comparisons docs/selector_study.md fixed: at c = 16 the option and the paper's selector each against
-    random routing and against each other; at c = 64 the option against the converged study's random arm."""
+    random routing and against each other; at c = 64 the option against the converged study's random arm; and at
+    both c, learned routing against fixed (static) routing."""
     names = list(arms)
-    option_16 = next((n for n in names if n.startswith('resnet18_mod c=16 ') and 'routing=random' not in n), None)
-    option_64 = next((n for n in names if n.startswith('resnet18_mod ') and 'c=16' not in n
+    option_16 = next((n for n in names if n.startswith('resnet18_mod c=16 ') and 'routing=' not in n), None)
+    option_64 = next((n for n in names if n.startswith('resnet18_mod ') and 'c=16' not in n and 'routing=' not in n
                       and 'converged study' not in n), None)
-    random_16, paper_16 = 'resnet18_mod c=16 routing=random', 'resnet18_mod c=16'
-    random_64 = 'resnet18_mod routing=random (c=64, converged study)'
-    pairs = [(option_16, random_16), (paper_16, random_16), (option_16, paper_16), (option_64, random_64)]
+    paper_16, random_16 = 'resnet18_mod c=16', 'resnet18_mod c=16 routing=random'
+    fixed_16 = 'resnet18_mod c=16 routing=fixed'
+    paper_64 = 'resnet18_mod (c=64, converged study)'
+    random_64, fixed_64 = 'resnet18_mod routing=random (c=64, converged study)', 'resnet18_mod routing=fixed'
+    pairs = [(option_16, random_16), (paper_16, random_16), (option_16, paper_16), (option_64, random_64),
+             (paper_16, fixed_16), (option_16, fixed_16), (paper_64, fixed_64), (option_64, fixed_64)]
     return [(a, b) for a, b in pairs if a in arms and b in arms]
 
 

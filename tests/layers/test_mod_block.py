@@ -312,6 +312,24 @@ def test_random_routing_training_matches_a_plain_reference(fusion: str) -> None:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_fixed_routing_processes_one_channel_set_for_every_image_in_training_too(training: bool) -> None:
+    """ Static routing: no selector; in training as in eval, every image's update is the slim block on the block's
+    one fixed set of k channels, unscaled, on the first k; the random generator is not drawn from."""
+    block = make_block(routing='fixed').train(training)
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()  # the reference below runs the slim block again
+    assert block.selector is None and block.routing == 'fixed' and block.eval_channels.shape == (K,)
+    x = torch.randn(3, CHANNELS, 4, 5)
+    state = torch.get_rng_state()
+    out = block(x)
+    assert torch.equal(torch.get_rng_state(), state)
+    expected = x.clone()
+    expected[:, :K] += block.block(x[:, block.eval_channels])
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize('block_cls', [BasicBlock, Bottleneck, InvertedResidual])
 def test_wraps_timm_blocks_unmodified(block_cls) -> None:
     block = make_block(block_cls=block_cls)

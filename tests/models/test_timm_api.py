@@ -303,6 +303,7 @@ EXPORT_CASES = [
     ('resnet18_mod', {}),
     ('resnet18_mod', {'fusion': 'last'}),
     ('resnet18_mod', {'routing': 'random'}),
+    ('resnet18_mod', {'routing': 'fixed'}),
     ('resnet18_mod', {'fusion': 'original'}),
     ('resnet18_mod', {'fusion': 'original', 'routing': 'random'}),
     ('resnet18_mod', {'selector_act': 'gelu', 'selector_decay': False}),

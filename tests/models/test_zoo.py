@@ -54,6 +54,13 @@ def test_selector_options_keep_the_papers_parameter_counts(name: str, options) -
     assert round(params / 1e6, published_digits(paper.params)) == float(paper.params)
 
 
+def test_fixed_routing_has_the_papers_random_routing_parameter_count() -> None:
+    """ Fixed routing drops the selectors as random routing does: resnet50_mod with it has MoD50 rand.'s count."""
+    paper = PAPER_MODELS['resnet50_mod_rand']
+    params, _ = count_params_and_macs('resnet50_mod', routing='fixed')
+    assert round(params / 1e6, published_digits(paper.params)) == float(paper.params)
+
+
 @pytest.mark.parametrize('name', PAPER_MODELS)
 def test_mac_ratio_matches_paper_within_3_percent(name: str) -> None:
     paper = PAPER_MODELS[name]

@@ -28,7 +28,7 @@ __all__ = [
 # meaningless without a selector (random routing)
 SELECTOR_ARGS = ('r', 'selector_act', 'selector_decay', 'score_scaling', 'selector_gain', 'selector_norm')
 # arguments that change what a trained model computes but leave no trace in its weights (no parameter or buffer)
-ARGS_WEIGHTS_CANNOT_SHOW = ('fusion', 'selector_act', 'score_scaling', 'selector_gain', 'selector_norm')
+ARGS_WEIGHTS_CANNOT_SHOW = ('fusion', 'routing', 'selector_act', 'score_scaling', 'selector_gain', 'selector_norm')
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,9 @@ class ModArgs:
         r: Reduction of the selector's hidden layer, C // r units (16 in the paper).
         fusion: Where the processed channels are added (`FUSION_TARGETS`): 'first' k channels (the paper's MoD),
             'last' k (MoD-lk), or 'original', back where they were gathered from (Table 10).
-        routing: How the k channels are picked (`ROUTING_MODES`): 'learned' by the selector, or 'random'
-            (no selector, scores fixed at 1; the paper's "MoD rand.").
+        routing: How the k channels are picked (`ROUTING_MODES`): 'learned' by the selector, 'random' (no selector,
+            scores fixed at 1; the paper's "MoD rand."), or 'fixed' (one random set for every image, also in
+            training; no selector).
         selector_act: The selector's hidden activation, a timm name without parameters ('relu', the paper's).
         selector_decay: False leaves the selectors out of weight decay: the model's `no_weight_decay()` names
             them, which timm's optimizer factory (and so train.py) honours. Parameter counts stay the paper's.
@@ -148,17 +149,15 @@ class MoDBlock(nn.Module):
         # round differently with the batch size, the runtime and the compiler: a fixed draw is the same everywhere
         self.register_buffer(
             'eval_channels', None if learned else torch.randperm(in_channels, device=device)[:self.k])
+        self.routing = self.args.routing
+        self.random_in_training = self.routing == 'random'
         self.block = make_block(self.k)
         self.drop_path = drop_path if drop_path is not None else nn.Identity()
 
-    @property
-    def routing(self) -> str:
-        return 'random' if self.selector is None else 'learned'
-
     def route(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """ Channel indices (B, k) to process, highest score first, and their scores (None when random)."""
+        """ Channel indices (B, k) to process, highest score first, and their scores (None without a selector)."""
         if self.selector is None:
-            if self.training:
+            if self.training and self.random_in_training:
                 return random_channel_indices(x, self.k), None
             return fixed_channel_indices(x, self.eval_channels), None
         scores, indices = top_k_channels(self.selector(x), self.k)

@@ -11,10 +11,12 @@ __all__ = [
     'fixed_channel_indices',
 ]
 
-ROUTING_MODES = ('learned', 'random')
-""" How a MoD block picks its k channels: the top k of a selector's scores (the paper's MoD), or k drawn uniformly
-per sample with no selector and scores fixed at 1 (the paper's "MoD rand.", Table 9). Random routing processes
-one fixed random set of k channels in eval mode (`MoDBlock.eval_channels`)."""
+ROUTING_MODES = ('learned', 'random', 'fixed')
+""" How a MoD block picks its k channels: the top k of a selector's scores (the paper's MoD), k drawn uniformly
+per sample with no selector and scores fixed at 1 (the paper's "MoD rand.", Table 9), or one fixed random set of k
+channels for every image, in training too, with no selector and scores 1 (static routing: the control for a
+selector that has stopped telling images apart). Random routing processes the fixed set in eval mode
+(`MoDBlock.eval_channels`)."""
 
 
 def check_routing(routing: str) -> None:

@@ -100,7 +100,7 @@ def describe_state_dict_mismatch(model: nn.Module, state_dict: Dict[str, torch.T
                 f'MoD block {name} processes k={block.k} channels of {block.in_channels} (c={block.c}) but the '
                 f'checkpoint has k={k_checkpoint} (c={block.in_channels // k_checkpoint}): another c')
         if (selector in expected) != (selector in state_dict):
-            routing = 'learned' if selector in state_dict else 'random'
+            routing = 'learned' if selector in state_dict else 'random or fixed'
             problems.append(f'MoD block {name}: the checkpoint has {routing} routing, the model {block.routing}')
         elif selector in expected and expected[selector].shape != state_dict[selector].shape:
             problems.append(f'MoD block {name}: the selector is {tuple(state_dict[selector].shape)} in the checkpoint, '
@@ -199,8 +199,9 @@ def _warn_of_assumed_args(model: nn.Module, checkpoint: Checkpoint, model_kwargs
     if checkpoint.train_args or not blocks:
         return
     args = blocks[0].args
-    unseen = [name for name in ARGS_WEIGHTS_CANNOT_SHOW
-              if name not in model_kwargs and not (args.routing != 'learned' and name in SELECTOR_ARGS)]
+    learned = args.routing == 'learned'  # a selector in the weights: they show learned routing, not random or fixed
+    unseen = [name for name in ARGS_WEIGHTS_CANNOT_SHOW if name not in model_kwargs
+              and not (learned and name == 'routing') and not (not learned and name in SELECTOR_ARGS)]
     if unseen:
         assumed = ', '.join(f'{name}={getattr(args, name)!r}' for name in unseen)
         warnings.warn(
