@@ -290,7 +290,7 @@ def test_slim_blocks_normalise_like_the_dense_blocks() -> None:
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(fusion='middle'), r"fusion 'middle'; choose one of \('first', 'last', 'original'\)"),
-    (dict(routing='smart'), r"routing 'smart'; choose one of \('learned', 'random'\)"),
+    (dict(routing='smart'), r"routing 'smart'; choose one of \('learned', 'random', 'fixed'\)"),
     (dict(r=0), 'selector reduction r must be a positive integer'),
 ])
 def test_bad_mod_arguments_are_value_errors_naming_the_choices(kwargs, message: str) -> None:
