@@ -37,7 +37,7 @@ CONVERGED_RUNS = ROOT / 'docs' / 'cifar10_study' / 'runs'  # the converged study
 STUDIES = {
     **{study: ROOT / 'output' / 'selector_causes' for study in ('c16', 'c64', 'c16_lr_quarter', 'c16_candidates')},
     **{study: ROOT / 'output' / 'selector_verdict'
-       for study in ('verdict_c16', 'verdict_c16_option', 'verdict_c64_option')},
+       for study in ('verdict_c16', 'verdict_c16_option', 'verdict_c64_option', 'verdict_c64_fixed')},
 }
 RULE_STANDARD_ERRORS = 2
 
@@ -176,15 +176,17 @@ def verdict_pairs(arms: Dict[str, Any]) -> List[Tuple[str, str]]:
     random routing and against each other; at c = 64 the option against the converged study's random arm; and at
     both c, learned routing against fixed (static) routing."""
     names = list(arms)
-    option_16 = next((n for n in names if n.startswith('resnet18_mod c=16 ') and 'routing=' not in n), None)
-    option_64 = next((n for n in names if n.startswith('resnet18_mod ') and 'c=16' not in n and 'routing=' not in n
-                      and 'converged study' not in n), None)
+    options_16 = [n for n in names if n.startswith('resnet18_mod c=16 ') and 'routing=' not in n]
+    options_64 = [n for n in names if n.startswith('resnet18_mod ') and 'c=16' not in n and 'routing=' not in n
+                  and 'converged study' not in n]
     paper_16, random_16 = 'resnet18_mod c=16', 'resnet18_mod c=16 routing=random'
     fixed_16 = 'resnet18_mod c=16 routing=fixed'
     paper_64 = 'resnet18_mod (c=64, converged study)'
     random_64, fixed_64 = 'resnet18_mod routing=random (c=64, converged study)', 'resnet18_mod routing=fixed'
-    pairs = [(option_16, random_16), (paper_16, random_16), (option_16, paper_16), (option_64, random_64),
-             (paper_16, fixed_16), (option_16, fixed_16), (paper_64, fixed_64), (option_64, fixed_64)]
+    pairs = [pair for option in options_16 for pair in ((option, random_16), (option, paper_16), (option, fixed_16))]
+    pairs += [(paper_16, random_16), (paper_16, fixed_16)]
+    pairs += [pair for option in options_64 for pair in ((option, random_64), (option, fixed_64))]
+    pairs += [(paper_64, fixed_64)]
     return [(a, b) for a, b in pairs if a in arms and b in arms]
 
 
