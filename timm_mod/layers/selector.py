@@ -67,6 +67,7 @@ class ChannelSelector(nn.Module):
         self.r = r
         self.gain = float(gain)
         self.normalize_input = normalize_input
+        self.channels = channels  # a constant normalized shape: exporters must not compute it from the input
         hidden = max(1, channels // r)
         self.fc1 = nn.Linear(channels, hidden, bias=False, **dd)
         self.act = create_act_layer(act, inplace=True)
@@ -81,7 +82,7 @@ class ChannelSelector(nn.Module):
         # sum's is a stride-0 expansion of a (B, C) one that the gradient accumulation reads in place
         pooled = x.sum((2, 3)) / (x.shape[2] * x.shape[3])
         if self.normalize_input:
-            pooled = nn.functional.layer_norm(pooled, pooled.shape[1:])
+            pooled = nn.functional.layer_norm(pooled, (self.channels,))
         hidden = self.fc1(pooled)
         if self.gain != 1.0:
             hidden = hidden * self.gain
