@@ -130,6 +130,16 @@ def test_command_on_quickstart_data_and_mismatched_checkpoint(tmp_path: Path) ->
     assert run.returncode != 0 and 'another c' in run.stderr
 
 
+def output_with_hooks(model: torch.nn.Module, x: torch.Tensor, hooks: dict) -> torch.Tensor:
+    """ model(x) with each module's forward hook of `hooks` (module: hook) in place, removed afterwards."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    try:
+        return model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def test_fixed_random_routing_is_the_block_written_out_with_a_fixed_channel_set() -> None:
     """ The routing ablation: each MoD block processes the k channels drawn from the seed (torch.randperm, blocks
     in model order), scaled by its selector's scores for them and added to the first k channels, for every image;
@@ -158,10 +168,8 @@ def test_fixed_random_routing_is_the_block_written_out_with_a_fixed_channel_set(
             ablated = model(x)
         assert {name: c.tolist() for name, c in drawn.items()} == {
             name: c.tolist() for name, c in expected_channels.items()}
-        handles = [b.register_forward_hook(written_out(b, expected_channels[name])) for name, b in blocks.items()]
-        reference = model(x)
-        for handle in handles:
-            handle.remove()
+        reference = output_with_hooks(
+            model, x, {b: written_out(b, expected_channels[name]) for name, b in blocks.items()})
         torch.testing.assert_close(ablated, reference)
         assert not torch.allclose(ablated, learned)
         torch.testing.assert_close(model(x), learned, rtol=0, atol=0)
@@ -195,10 +203,7 @@ def test_neighbour_routing_is_the_block_written_out_with_the_previous_images_cho
         learned = model(x)
         with neighbour_routing(model):
             ablated = model(x)
-        handles = [b.register_forward_hook(written_out(b)) for b in blocks.values()]
-        reference = model(x)
-        for handle in handles:
-            handle.remove()
+        reference = output_with_hooks(model, x, {b: written_out(b) for b in blocks.values()})
         torch.testing.assert_close(ablated, reference)
         assert not torch.allclose(ablated, learned)
         torch.testing.assert_close(model(x), learned, rtol=0, atol=0)
