@@ -13,6 +13,7 @@ DATA=${1:-../shared/data/cifar10}
 OUT=output/cifar10_study         # lane 1
 OUT2=output/cifar10_study_lane2  # lane 2
 export OMP_NUM_THREADS=1
+source docs/lanes.sh
 study() { local out=$1; shift; timm-mod compare -c train_args/cifar10.yaml --data-dir "$DATA" --output-dir "$out" --no-speed "$@"; }
 done_in() { [ -f "$1" ]; }
 # both lanes' runs, computed before either trains, so that they never share a run
@@ -63,11 +64,4 @@ lane2() {
     [ ${#LANE2[@]} -eq 0 ] || study "$OUT2" --models "${LANE2[@]}"
 }
 
-lane1 > >(sed -u 's/^/[lane 1] /') 2>&1 &
-first=$!
-lane2 > >(sed -u 's/^/[lane 2] /') 2>&1 &
-second=$!
-status=0
-wait "$first" || status=$?
-wait "$second" || status=$?
-exit "$status"
+run_lanes "lane 1" lane1 "lane 2" lane2

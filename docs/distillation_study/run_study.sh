@@ -10,6 +10,7 @@ OUT=output/cifar10_distill
 TEACHER_RUN=output/teacher
 TEACHER=$TEACHER_RUN/resnet18/seed0/last.pth.tar
 export OMP_NUM_THREADS=1
+source docs/lanes.sh
 timm-mod compare -c train_args/cifar10.yaml --data-dir "$DATA" --output-dir "$TEACHER_RUN" --no-speed --models resnet18@0
 [ -f "$OUT/teacher/config.json" ] || timm-mod publish --model resnet18 --checkpoint "$TEACHER" --out-dir "$OUT/teacher"
 python -c 'import sys; sys.path.insert(0, "docs/distillation_study"); import pruned; pruned.write_pruned_weights()'
@@ -30,11 +31,4 @@ lane_kd() {
     python docs/distillation_study/pruned.py "$DATA" --loss distilled
     scratch --output-dir "$OUT/narrow_kd" --models "resnet18:channels=(44,88,176,352),$KD@0,1,2"
 }
-lane_ce > >(sed -u 's/^/[cross-entropy] /') 2>&1 &
-first=$!
-lane_kd > >(sed -u 's/^/[distilled] /') 2>&1 &
-second=$!
-status=0
-wait "$first" || status=$?
-wait "$second" || status=$?
-exit "$status"
+run_lanes "cross-entropy" lane_ce "distilled" lane_kd

@@ -12,6 +12,7 @@ DATA=${1:-../shared/data/cifar10}
 OPTIONS=("${@:2}")
 OUT=output/selector_verdict
 export OMP_NUM_THREADS=1
+source docs/lanes.sh
 source docs/selector_study/routing_ablation.sh
 study() { timm-mod compare -c train_args/cifar10.yaml --data-dir "$DATA" --no-speed --output-dir "$OUT/$1" \
     --models "${@:2}"; }
@@ -33,11 +34,4 @@ lane_option() {
     ablate verdict_c64_option validation
 }
 mkdir -p docs/selector_study/selection
-lane_paper > >(sed -u 's/^/[paper] /') 2>&1 &
-first=$!
-lane_option > >(sed -u 's/^/[option] /') 2>&1 &
-second=$!
-status=0
-wait "$first" || status=$?
-wait "$second" || status=$?
-exit "$status"
+run_lanes "paper" lane_paper "option" lane_option
