@@ -199,9 +199,10 @@ def _warn_of_assumed_args(model: nn.Module, checkpoint: Checkpoint, model_kwargs
     if checkpoint.train_args or not blocks:
         return
     args = blocks[0].args
-    learned = args.routing == 'learned'  # a selector in the weights: they show learned routing, not random or fixed
-    unseen = [name for name in ARGS_WEIGHTS_CANNOT_SHOW if name not in model_kwargs
-              and not (learned and name == 'routing') and not (not learned and name in SELECTOR_ARGS)]
+    # a selector in the weights shows learned routing; without one they cannot tell random from fixed routing, and
+    # the selector's arguments mean nothing
+    not_in_doubt = ('routing',) if args.routing == 'learned' else SELECTOR_ARGS
+    unseen = [name for name in ARGS_WEIGHTS_CANNOT_SHOW if name not in model_kwargs and name not in not_in_doubt]
     if unseen:
         assumed = ', '.join(f'{name}={getattr(args, name)!r}' for name in unseen)
         warnings.warn(
