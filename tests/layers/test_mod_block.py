@@ -1,4 +1,7 @@
 """ The MoD adapter: routing, fusion semantics, gradients, random mode, static graph, errors."""
+import json
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -13,11 +16,11 @@ C_DIVISOR = 4
 K = CHANNELS // C_DIVISOR
 
 
-def make_block(fusion: str = 'first', routing: str = 'learned', block_cls=Bottleneck) -> MoDBlock:
+def make_block(fusion: str = 'first', routing: str = 'learned', block_cls=Bottleneck, **mod_args) -> MoDBlock:
     torch.manual_seed(0)
     make = (lambda k: block_cls(k, k // block_cls.expansion)) if block_cls is not InvertedResidual \
         else (lambda k: InvertedResidual(k, k, exp_ratio=6.0))
-    block = MoDBlock(CHANNELS, make, c=C_DIVISOR, fusion=fusion, routing=routing)
+    block = MoDBlock(CHANNELS, make, c=C_DIVISOR, fusion=fusion, routing=routing, **mod_args)
     for m in block.modules():  # non-trivial BN statistics, so eval mode is not an identity
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -519,3 +522,33 @@ def test_compiled_training_is_one_graph_and_matches_eager() -> None:
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     compiled(torch.randn(2, CHANNELS, 5, 6)).sum().backward()
     assert counters['stats']['unique_graphs'] == 1 and not counters['graph_break']
+
+
+def test_weights_record_the_arguments_their_shapes_cannot_show() -> None:
+    """ score_scaling changes the logits but no weight's shape, so timm's stock scripts, which build a model from
+    --model-kwargs alone, would load straight-through weights into the paper's scaling without an error. The weights
+    record the arguments (JSON in the state dict), a model built otherwise warns naming the fix and keeps its own
+    arguments, and weights saved before the record load strictly as before; the caller's state dict is untouched."""
+    trained = make_block(score_scaling='straight_through')
+    state = trained.state_dict()
+    assert json.loads(bytes(state['_extra_state'].tolist()).decode()) == dict(
+        fusion='first', routing='learned', selector_act='relu', score_scaling='straight_through', selector_gain=1.0,
+        selector_norm=False)
+    kept = {name: tensor.clone() for name, tensor in state.items()}
+
+    paper = make_block()
+    with pytest.warns(UserWarning, match=r"trained with score_scaling='straight_through', but the model is "
+                                         r"built with score_scaling='multiply'.*"
+                                         r"--model-kwargs score_scaling=straight_through"):
+        paper.load_state_dict(state)
+    assert paper.shapeless_args()['score_scaling'] == 'multiply'
+    assert json.loads(bytes(paper.state_dict()['_extra_state'].tolist()).decode())['score_scaling'] == 'multiply'
+    assert all(torch.equal(state[name], kept[name]) for name in kept)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        make_block().load_state_dict(make_block().state_dict())  # built alike: silent
+        before_the_record = {name: tensor for name, tensor in state.items() if name != '_extra_state'}
+        assert make_block().load_state_dict(before_the_record, strict=True).missing_keys == []
+    random = make_block(routing='random')
+    assert set(json.loads(bytes(random.state_dict()['_extra_state'].tolist()).decode())) == {'fusion', 'routing'}

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from timm_mod import MoDBlock
+from timm_mod.layers import mod_blocks
 from timm_mod.models import infer_num_classes, load_checkpoint_file, model_from_checkpoint
 
 
@@ -23,7 +24,8 @@ def test_model_from_checkpoint_infers_classes_and_keeps_the_weights(tmp_path: Pa
     save_file(source.state_dict(), str(tmp_path / 'w.safetensors'))
     assert infer_num_classes('mobilenetv2_mod', source.state_dict()) == 6
     model, checkpoint, model_kwargs = model_from_checkpoint('mobilenetv2_mod', tmp_path / 'w.safetensors')
-    assert model.num_classes == 6 and model_kwargs == {} and checkpoint.train_args == {}
+    assert model.num_classes == 6 and checkpoint.train_args == {}
+    assert model_kwargs == next(iter(mod_blocks(source).values())).shapeless_args()  # what the weights record
     for name, tensor in source.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
 
@@ -49,13 +51,35 @@ def test_plain_model_checkpoint_loads_as_plain_or_refuses_as_mod(tmp_path: Path)
         model_from_checkpoint('resnet18', tmp_path / 'plain.pth.tar')
 
 
-def test_bare_weights_name_the_arguments_they_cannot_show(tmp_path: Path) -> None:
-    """ fusion and the selector options change what a model computes but not its weights: a model trained
-    with fusion='last' loads into fusion='first' and gives other logits. From a bare weight file the values assumed
-    are named (those a selector would use only with learned routing); given ones, or a train.py checkpoint's
-    record, are not. Given, the logits are the trained model's."""
-    trained = timm.create_model('resnet18_mod', num_classes=4, fusion='last').eval()
+def test_bare_weights_build_the_model_they_were_trained_as(tmp_path: Path) -> None:
+    """ fusion and the selector options change what a model computes but no weight's shape. The weights record them:
+    a bare weight file builds the trained model (same logits, no warning), and timm's own `load_checkpoint`, which
+    validate.py runs on a model built from --model-kwargs alone, warns naming the arguments to pass."""
+    trained = timm.create_model('resnet18_mod', num_classes=4, fusion='last', score_scaling='straight_through').eval()
     save_file(trained.state_dict(), str(tmp_path / 'w.safetensors'))
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        rebuilt, _, _ = model_from_checkpoint('resnet18_mod', tmp_path / 'w.safetensors')
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(x), trained(x), rtol=0, atol=0)
+    stock = timm.create_model('resnet18_mod', num_classes=4)
+    with pytest.warns(UserWarning, match=r"trained with fusion='last', score_scaling='straight_through', but the "
+                                         r"model is built with fusion='first', score_scaling='multiply'.*"
+                                         r"--model-kwargs fusion=last score_scaling=straight_through\)"):
+        timm.models.load_checkpoint(stock, str(tmp_path / 'w.safetensors'))
+
+
+def test_weights_saved_before_the_record_name_the_arguments_assumed(tmp_path: Path) -> None:
+    """ Weights saved before timm-mod 0.4 record no arguments: a model trained with fusion='last' loads into
+    fusion='first' and gives other logits. From such a bare weight file the values assumed are named (those a
+    selector would use only with learned routing); given ones, or a train.py checkpoint's record, are not. Given,
+    the logits are the trained model's."""
+    def before_the_record(model: torch.nn.Module) -> dict:
+        return {name: tensor for name, tensor in model.state_dict().items() if not name.endswith('_extra_state')}
+
+    trained = timm.create_model('resnet18_mod', num_classes=4, fusion='last').eval()
+    save_file(before_the_record(trained), str(tmp_path / 'w.safetensors'))
     with pytest.warns(UserWarning, match=r"cannot show fusion, selector_act, score_scaling, selector_gain, "
                                          r"selector_norm: assuming fusion='first', selector_act='relu', "
                                          r"score_scaling='multiply', selector_gain=1.0, selector_norm=False\."):
@@ -69,11 +93,11 @@ def test_bare_weights_name_the_arguments_they_cannot_show(tmp_path: Path) -> Non
             fusion='last', selector_act='relu', score_scaling='multiply', selector_gain=1.0, selector_norm=False))
         with torch.no_grad():
             torch.testing.assert_close(given.eval()(x), trained(x), rtol=0, atol=0)
-        torch.save({'state_dict': trained.state_dict(), 'args': argparse.Namespace(
+        torch.save({'state_dict': before_the_record(trained), 'args': argparse.Namespace(
             model='resnet18_mod', model_kwargs={'fusion': 'last'})}, tmp_path / 'run.pth.tar')
         recorded, _, _ = model_from_checkpoint('resnet18_mod', tmp_path / 'run.pth.tar')
         assert recorded.layer1[1].fusion == 'last'
     random_routing = timm.create_model('resnet18_mod', num_classes=4, routing='random')
-    save_file(random_routing.state_dict(), str(tmp_path / 'random.safetensors'))
+    save_file(before_the_record(random_routing), str(tmp_path / 'random.safetensors'))
     with pytest.warns(UserWarning, match=r"cannot show fusion: assuming fusion='first'\."):
         model_from_checkpoint('resnet18_mod', tmp_path / 'random.safetensors', model_kwargs={'routing': 'random'})

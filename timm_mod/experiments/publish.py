@@ -10,6 +10,7 @@ import io
 import json
 import os
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 from string import Template
 from typing import Any, Dict, List, Optional
@@ -19,7 +20,7 @@ import yaml
 from timm.data import resolve_data_config
 from timm.models import save_for_hf
 
-from ..layers import mod_blocks
+from ..layers import ModArgs, mod_blocks
 from ..utils.output import check_replaceable_folder, staged_output
 from ..utils.package_data import package_file
 from ..models import OUR_MODELS, PAPER_MODELS, Checkpoint, find_family, measure, model_from_checkpoint
@@ -72,9 +73,10 @@ def reconstruction_args(model: nn.Module, model_kwargs: Dict[str, Any]) -> Dict[
     the run's other model arguments and a non-default in_chans), nothing that config.json holds elsewhere
     (num_classes, global_pool) or that only training uses (drop rates): transformers' TimmWrapper passes
     num_classes itself beside `**model_args`."""
-    args = {key: value for key, value in model_kwargs.items()
-            if key not in ('num_classes', 'global_pool', 'pretrained') and 'drop' not in key}
     block = next(iter(mod_blocks(model).values()), None)  # None: a plain timm model
+    mod_args = () if block is None else [field.name for field in fields(ModArgs)]  # the block's own, below
+    args = {key: value for key, value in model_kwargs.items()
+            if key not in ('num_classes', 'global_pool', 'pretrained', *mod_args) and 'drop' not in key}
     if block is not None:
         args.update(block.args.as_kwargs())
     in_chans = model.pretrained_cfg.get('input_size', (3,))[0]

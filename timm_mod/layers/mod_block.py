@@ -7,6 +7,8 @@ Every tensor shape depends only on the input shape, so the graph is static: no c
 TorchScript, FX, `torch.compile(fullgraph=True)`, `torch.export` and ONNX all see one graph. The block knows
 nothing about model families: `timm_mod.models` declares where MoD goes and builds the slim blocks.
 """
+import json
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
@@ -20,15 +22,24 @@ from .routing import (
 from .selector import ChannelSelector, check_selector_act, check_selector_gain, require_positive_int
 
 __all__ = [
-    'ARGS_WEIGHTS_CANNOT_SHOW', 'FUSION_TARGETS', 'ROUTING_MODES', 'SCORE_SCALINGS', 'ModArgs', 'MoDBlock',
-    'check_mod_options', 'mod_width', 'mod_blocks', 'has_mod_blocks', 'selector_blocks', 'routing_hooks',
+    'FUSION_TARGETS', 'ROUTING_MODES', 'SCORE_SCALINGS', 'SHAPELESS_ARGS', 'SHAPELESS_ARGS_KEY', 'ModArgs', 'MoDBlock',
+    'check_mod_options', 'decode_shapeless_args', 'mod_width', 'mod_blocks', 'has_mod_blocks', 'selector_blocks',
+    'routing_hooks',
 ]
 
 
 # meaningless without a selector (random routing)
 SELECTOR_ARGS = ('r', 'selector_act', 'selector_decay', 'score_scaling', 'selector_gain', 'selector_norm')
-# arguments that change what a trained model computes but leave no trace in its weights (no parameter or buffer)
-ARGS_WEIGHTS_CANNOT_SHOW = ('fusion', 'routing', 'selector_act', 'score_scaling', 'selector_gain', 'selector_norm')
+# arguments that change what a trained model computes without changing a weight's shape: every MoD block keeps
+# them with its weights (`MoDBlock.get_extra_state`), so that loading them into a model built otherwise is not silent
+SHAPELESS_ARGS = ('fusion', 'routing', 'selector_act', 'score_scaling', 'selector_gain', 'selector_norm')
+
+SHAPELESS_ARGS_KEY = '_extra_state'  # where torch's state_dict() keeps a module's get_extra_state()
+
+
+def decode_shapeless_args(record: torch.Tensor) -> Dict[str, Any]:
+    """ The shapeless arguments a MoD block's weights record (`MoDBlock.get_extra_state`)."""
+    return json.loads(bytes(record.tolist()).decode())
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,38 @@ class MoDBlock(nn.Module):
         selected = gather_channels(x, indices)
         update = self.drop_path(self.block(selected))  # per-sample drop commutes with scaling
         return fuse(self.fusion, x, selected, update, indices, fusion_scale(scores, self.score_scaling, self.training))
+
+    def shapeless_args(self) -> Dict[str, Any]:
+        """ The block's `SHAPELESS_ARGS` (without the selector's when it has none)."""
+        return {name: getattr(self.args, name) for name in SHAPELESS_ARGS
+                if self.selector is not None or name not in SELECTOR_ARGS}
+
+    def get_extra_state(self) -> torch.Tensor:
+        """ The shapeless arguments as UTF-8 JSON in a uint8 tensor: timm's checkpoints and safetensors keep
+        tensors only."""
+        return torch.tensor(list(json.dumps(self.shapeless_args()).encode()), dtype=torch.uint8)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        """ Weights trained with other shapeless arguments still load (a fine-tune may change them on purpose),
+        but not silently: timm's stock scripts build the model from `--model-kwargs` alone."""
+        trained = decode_shapeless_args(state)
+        built = self.shapeless_args()
+        differ = {name: value for name, value in trained.items() if built.get(name, value) != value}
+        if differ:
+            given = ' '.join(f'{name}={value}' for name, value in differ.items())
+            warnings.warn(
+                f'These MoD weights were trained with {", ".join(f"{n}={v!r}" for n, v in differ.items())}, but the '
+                f'model is built with {", ".join(f"{n}={built[n]!r}" for n in differ)} and computes something '
+                f'else. Build it as trained (train.py, validate.py: --model-kwargs {given}).', UserWarning,
+                stacklevel=2)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        recorded = prefix + SHAPELESS_ARGS_KEY
+        if recorded not in state_dict and recorded in missing_keys:  # weights saved before timm-mod 0.4
+            missing_keys.remove(recorded)
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, c={self.c}, k={self.k}, fusion={self.fusion}, routing={self.routing}'

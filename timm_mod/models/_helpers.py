@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from timm.models import clean_state_dict, get_pretrained_cfg_value
 
 from ..layers import MoDBlock, mod_blocks
-from ..layers.mod_block import ARGS_WEIGHTS_CANNOT_SHOW, SELECTOR_ARGS
-from ._factory import create_mod_model, require_registered
+from ..layers.mod_block import SELECTOR_ARGS, SHAPELESS_ARGS, SHAPELESS_ARGS_KEY, decode_shapeless_args
+from ._factory import create_mod_model, is_mod_model_name, require_registered
 
 __all__ = [
     'Checkpoint', 'describe_state_dict_mismatch', 'infer_num_classes', 'load_checkpoint_file', 'load_trained_model',
@@ -73,7 +73,9 @@ def describe_state_dict_mismatch(model: nn.Module, state_dict: Dict[str, torch.T
     on one side only (learned vs random routing), blocks only one side has (another depth) and a
     classifier of another size (num_classes).
     """
-    expected = model.state_dict()
+    # weights saved before timm-mod 0.4 record no shapeless arguments, and records of other ones load with a warning
+    expected = {key: value for key, value in model.state_dict().items() if not key.endswith(SHAPELESS_ARGS_KEY)}
+    state_dict = {key: value for key, value in state_dict.items() if not key.endswith(SHAPELESS_ARGS_KEY)}
     problems = []
     for name, block in model.named_modules():
         if not isinstance(block, MoDBlock):
@@ -178,7 +180,9 @@ def model_from_checkpoint(
     if trained_as and trained_as != model_name:
         raise ValueError(
             f'{checkpoint.path} was trained as {trained_as!r}, not {model_name!r}; use --model {trained_as}.')
-    model_kwargs = {**(checkpoint.train_args.get('model_kwargs') or {}), **(model_kwargs or {})}
+    builds_mod = convert_plain or is_mod_model_name(model_name)
+    recorded = recorded_shapeless_args(checkpoint.state_dict) if builds_mod else {}
+    model_kwargs = {**recorded, **(checkpoint.train_args.get('model_kwargs') or {}), **(model_kwargs or {})}
     if num_classes is None:
         num_classes = infer_num_classes(model_name, checkpoint.state_dict)
     build = create_mod_model if convert_plain else timm.create_model
@@ -187,14 +191,22 @@ def model_from_checkpoint(
     if mismatch:
         raise ValueError(f'The weights in {checkpoint.path} do not fit {model_name!r} {model_kwargs or ""}: {mismatch}')
     model.load_state_dict(checkpoint.state_dict)
-    _warn_of_assumed_args(model, checkpoint, model_kwargs)
+    if not recorded:
+        _warn_of_assumed_args(model, checkpoint, model_kwargs)
     return model, checkpoint, model_kwargs
 
 
+def recorded_shapeless_args(state_dict: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+    """ The shapeless MoD arguments weights were trained with, from their first MoD block's record ({} for a plain
+    model and for weights saved before timm-mod 0.4, which record none)."""
+    record = next((value for key, value in state_dict.items() if key.endswith(f'.{SHAPELESS_ARGS_KEY}')), None)
+    return {} if record is None else decode_shapeless_args(record)
+
+
 def _warn_of_assumed_args(model: nn.Module, checkpoint: Checkpoint, model_kwargs: Dict[str, Any]) -> None:
-    """ A bare weight file (safetensors, a saved state dict) records no model arguments, and some MoD arguments
-    leave no trace in weights: a model trained with fusion='last' loads into fusion='first' without an error and
-    computes something else. Say which values were assumed, and how to give others."""
+    """ A bare weight file saved before timm-mod 0.4 records no model arguments, and some MoD arguments change no
+    weight's shape: a model trained with fusion='last' loads into fusion='first' without an error and computes
+    something else. Say which values were assumed, and how to give others."""
     blocks = list(mod_blocks(model).values())
     if checkpoint.train_args or not blocks:
         return
@@ -202,7 +214,7 @@ def _warn_of_assumed_args(model: nn.Module, checkpoint: Checkpoint, model_kwargs
     # a selector in the weights shows learned routing; without one they cannot tell random from fixed routing, and
     # the selector's arguments mean nothing
     not_in_doubt = ('routing',) if args.routing == 'learned' else SELECTOR_ARGS
-    unseen = [name for name in ARGS_WEIGHTS_CANNOT_SHOW if name not in model_kwargs and name not in not_in_doubt]
+    unseen = [name for name in SHAPELESS_ARGS if name not in model_kwargs and name not in not_in_doubt]
     if unseen:
         assumed = ', '.join(f'{name}={getattr(args, name)!r}' for name in unseen)
         warnings.warn(
