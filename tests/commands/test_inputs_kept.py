@@ -83,10 +83,16 @@ def test_publish_refuses_label_names_of_another_class_count(tmp_path: Path) -> N
 
 
 def test_selection_names_what_bare_weights_cannot_show_and_takes_model_kwargs(digits: Path, tmp_path: Path) -> None:
-    """ A bare weight file of a model trained with fusion='last': selection says which arguments it assumed, and
-    with --model-kwargs naming them builds the model as trained, without the warning."""
+    """ A bare weight file of a model trained with fusion='last', saved before weights recorded their arguments:
+    selection says which arguments it assumed, and with --model-kwargs naming them builds the model as trained,
+    without the warning. A file that records them needs neither."""
     model = timm.create_model('resnet18_mod', num_classes=10, fusion='last')
-    save_file(model.state_dict(), str(tmp_path / 'w.safetensors'))
+    save_file(model.state_dict(), str(tmp_path / 'recorded.safetensors'))
+    run = _run('selection', '--model', 'resnet18_mod', '--checkpoint', str(tmp_path / 'recorded.safetensors'),
+               '--data-dir', str(digits), '--max-per-class', '1', '--output', str(tmp_path / 'recorded'))
+    assert run.returncode == 0 and 'cannot show' not in run.stderr, run.stderr
+    save_file({name: tensor for name, tensor in model.state_dict().items() if not name.endswith('_extra_state')},
+              str(tmp_path / 'w.safetensors'))
     common = ('selection', '--model', 'resnet18_mod', '--checkpoint', str(tmp_path / 'w.safetensors'), '--data-dir',
               str(digits), '--max-per-class', '1')
     run = _run(*common, '--output', str(tmp_path / 'assumed'))
