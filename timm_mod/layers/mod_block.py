@@ -23,8 +23,8 @@ from .selector import ChannelSelector, check_selector_act, check_selector_gain, 
 
 __all__ = [
     'FUSION_TARGETS', 'ROUTING_MODES', 'SCORE_SCALINGS', 'SHAPELESS_ARGS', 'SHAPELESS_ARGS_KEY', 'ModArgs', 'MoDBlock',
-    'check_mod_options', 'decode_shapeless_args', 'mod_width', 'mod_blocks', 'has_mod_blocks', 'selector_blocks',
-    'routing_hooks',
+    'check_mod_options', 'decode_shapeless_args', 'is_shapeless_args_record', 'mod_width', 'mod_blocks',
+    'has_mod_blocks', 'selector_blocks', 'routing_hooks',
 ]
 
 
@@ -35,6 +35,11 @@ SELECTOR_ARGS = ('r', 'selector_act', 'selector_decay', 'score_scaling', 'select
 SHAPELESS_ARGS = ('fusion', 'routing', 'selector_act', 'score_scaling', 'selector_gain', 'selector_norm')
 
 SHAPELESS_ARGS_KEY = '_extra_state'  # where torch's state_dict() keeps a module's get_extra_state()
+
+
+def is_shapeless_args_record(key: str) -> bool:
+    """ Whether a state-dict key holds a MoD block's record of its shapeless arguments."""
+    return key == SHAPELESS_ARGS_KEY or key.endswith(f'.{SHAPELESS_ARGS_KEY}')
 
 
 def decode_shapeless_args(record: torch.Tensor) -> Dict[str, Any]:

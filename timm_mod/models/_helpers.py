@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from timm.models import clean_state_dict, get_pretrained_cfg_value
 
 from ..layers import MoDBlock, mod_blocks
-from ..layers.mod_block import SELECTOR_ARGS, SHAPELESS_ARGS, SHAPELESS_ARGS_KEY, decode_shapeless_args
+from ..layers.mod_block import SELECTOR_ARGS, SHAPELESS_ARGS, decode_shapeless_args, is_shapeless_args_record
 from ._factory import create_mod_model, is_mod_model_name, require_registered
 
 __all__ = [
@@ -74,8 +74,8 @@ def describe_state_dict_mismatch(model: nn.Module, state_dict: Dict[str, torch.T
     classifier of another size (num_classes).
     """
     # weights saved before timm-mod 0.4 record no shapeless arguments, and records of other ones load with a warning
-    expected = {key: value for key, value in model.state_dict().items() if not key.endswith(SHAPELESS_ARGS_KEY)}
-    state_dict = {key: value for key, value in state_dict.items() if not key.endswith(SHAPELESS_ARGS_KEY)}
+    expected = {key: value for key, value in model.state_dict().items() if not is_shapeless_args_record(key)}
+    state_dict = {key: value for key, value in state_dict.items() if not is_shapeless_args_record(key)}
     problems = []
     for name, block in model.named_modules():
         if not isinstance(block, MoDBlock):
@@ -191,24 +191,24 @@ def model_from_checkpoint(
     if mismatch:
         raise ValueError(f'The weights in {checkpoint.path} do not fit {model_name!r} {model_kwargs or ""}: {mismatch}')
     model.load_state_dict(checkpoint.state_dict)
-    if not recorded:
-        _warn_of_assumed_args(model, checkpoint, model_kwargs)
+    _warn_of_assumed_args(model, checkpoint, model_kwargs, recorded)
     return model, checkpoint, model_kwargs
 
 
 def recorded_shapeless_args(state_dict: Dict[str, torch.Tensor]) -> Dict[str, Any]:
     """ The shapeless MoD arguments weights were trained with, from their first MoD block's record ({} for a plain
     model and for weights saved before timm-mod 0.4, which record none)."""
-    record = next((value for key, value in state_dict.items() if key.endswith(f'.{SHAPELESS_ARGS_KEY}')), None)
+    record = next((value for key, value in state_dict.items() if is_shapeless_args_record(key)), None)
     return {} if record is None else decode_shapeless_args(record)
 
 
-def _warn_of_assumed_args(model: nn.Module, checkpoint: Checkpoint, model_kwargs: Dict[str, Any]) -> None:
-    """ A bare weight file saved before timm-mod 0.4 records no model arguments, and some MoD arguments change no
-    weight's shape: a model trained with fusion='last' loads into fusion='first' without an error and computes
-    something else. Say which values were assumed, and how to give others."""
+def _warn_of_assumed_args(model: nn.Module, checkpoint: Checkpoint, model_kwargs: Dict[str, Any],
+                          recorded: Dict[str, Any]) -> None:
+    """ A bare weight file saved before timm-mod 0.4 records no model arguments (`recorded` is empty), and some MoD
+    arguments change no weight's shape: a model trained with fusion='last' loads into fusion='first' without an
+    error and computes something else. Say which values were assumed, and how to give others."""
     blocks = list(mod_blocks(model).values())
-    if checkpoint.train_args or not blocks:
+    if recorded or checkpoint.train_args or not blocks:
         return
     args = blocks[0].args
     # a selector in the weights shows learned routing; without one they cannot tell random from fixed routing, and
