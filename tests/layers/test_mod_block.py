@@ -1,6 +1,7 @@
 """ The MoD adapter: routing, fusion semantics, gradients, random mode, static graph, errors."""
 import json
 import warnings
+from typing import Dict, List
 
 import pytest
 import torch
@@ -552,3 +553,27 @@ def test_weights_record_the_arguments_their_shapes_cannot_show() -> None:
         assert make_block().load_state_dict(before_the_record, strict=True).missing_keys == []
     random = make_block(routing='random')
     assert set(json.loads(bytes(random.state_dict()['_extra_state'].tolist()).decode())) == {'fusion', 'routing'}
+
+
+def _averaged_as_timm_does(states: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """ What timm's avg_checkpoints.py writes: each entry summed in float64, divided by the count, stored float32."""
+    return {name: (sum(state[name].to(torch.float64) for state in states) / len(states)).to(torch.float32)
+            for name in states[0]}
+
+
+def test_weights_averaged_by_timm_keep_their_record() -> None:
+    """ timm's avg_checkpoints.py stores every entry as float32, the record's bytes included: the averaged weights
+    load, still warn when built otherwise, and an average over checkpoints trained with other arguments (a record
+    that is no longer bytes) is refused naming the fix, not decoded into noise."""
+    averaged = _averaged_as_timm_does([make_block(score_scaling='straight_through').state_dict() for _ in range(2)])
+    assert averaged['_extra_state'].dtype == torch.float32
+    with pytest.warns(UserWarning, match=r"trained with score_scaling='straight_through'"):
+        make_block().load_state_dict(averaged)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        make_block(score_scaling='straight_through').load_state_dict(averaged)
+
+    # records of one length (timm's averaging needs equal shapes) whose bytes differ: '2' and '3' average to 50.5
+    mixed = _averaged_as_timm_does([make_block(selector_gain=gain).state_dict() for gain in (2.0, 3.0)])
+    with pytest.raises(ValueError, match=r'averaged over checkpoints trained with different MoD arguments.*drop'):
+        make_block().load_state_dict(mixed)
