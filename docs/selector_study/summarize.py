@@ -15,8 +15,12 @@ prints, as Markdown:
   arm (mean +- sample std over seeds),
   with the converged study's arms at c = 64, and each comparison of docs/selector_study.md with its verdict by the
   rule stated there before the runs (a difference is called beyond two standard errors, sqrt(s1^2/n1 + s2^2/n2)).
+  The paper's selector at c = 64 has its routing measured on the distillation study's resnet18_mod trained from
+  scratch (30 epochs, distilled), whose checkpoints outlived the converged study's.
 
-    python docs/selector_study/summarize.py --collect
+`--plot` also draws the verdict arms, top-1 and what each image's routing carries per seed, into verdict.png.
+
+    python docs/selector_study/summarize.py --collect --plot
 """
 import argparse
 import json
@@ -26,13 +30,15 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from timm_mod.utils.tables import format_table
+from timm_mod.utils.tables import format_table, pyplot, save_figure
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RUNS = HERE / 'runs'
 SELECTION = HERE / 'selection'
 CONVERGED_RUNS = ROOT / 'docs' / 'cifar10_study' / 'runs'  # the converged study's c = 64 arms
+DISTILLED_RUNS = ROOT / 'docs' / 'distillation_study' / 'runs'  # resnet18_mod distilled from scratch, c = 64
+DISTILLED_ARM = 'resnet18_mod distilled from scratch (c=64, distillation study)'
 # study folder: the output folder holding it (run_causes.sh, run_verdict.sh)
 STUDIES = {
     **{study: ROOT / 'output' / 'selector_causes' for study in ('c16', 'c64', 'c16_lr_quarter', 'c16_candidates')},
@@ -40,6 +46,7 @@ STUDIES = {
        for study in ('verdict_c16', 'verdict_c16_option', 'verdict_c64_option', 'verdict_c64_fixed')},
 }
 RULE_STANDARD_ERRORS = 2
+VERDICT_PLOT = HERE / 'verdict.png'
 
 
 def run_file_name(study: str, run_folder: str, seed_folder: str) -> str:
@@ -134,7 +141,12 @@ def verdict_arms(runs: List[Dict[str, Any]]) -> Dict[str, Tuple[List[float], Lis
                               ('resnet18_mod routing=random (c=64, converged study)',
                                'resnet18_mod@routing=random_seed*.json')):
             arms[name] = ([json.loads(p.read_text())['top1'] for p in sorted(CONVERGED_RUNS.glob(pattern))], [])
-    return arms
+        arms[DISTILLED_ARM] = (
+            [json.loads(p.read_text())['top1'] for p in sorted(DISTILLED_RUNS.glob('scratch_kd_seed*.json'))],
+            [carried(dict(routing_ablation=json.loads(p.read_text())['routing_ablation']), 'top1_neighbour')
+             for p in sorted(SELECTION.glob('scratch_kd_*_seed*.json'))])
+    # c = 16 first, then c = 64, each with the other studies' arms last
+    return dict(sorted(arms.items(), key=lambda arm: ('c=16' not in arm[0], 'study)' in arm[0])))
 
 
 def difference(a: Sequence[float], b: Sequence[float]) -> Tuple[float, float]:
@@ -178,7 +190,7 @@ def verdict_pairs(arms: Dict[str, Any]) -> List[Tuple[str, str]]:
     names = list(arms)
     options_16 = [n for n in names if n.startswith('resnet18_mod c=16 ') and 'routing=' not in n]
     options_64 = [n for n in names if n.startswith('resnet18_mod ') and 'c=16' not in n and 'routing=' not in n
-                  and 'converged study' not in n]
+                  and 'study)' not in n]  # not the arms of other studies
     paper_16, random_16 = 'resnet18_mod c=16', 'resnet18_mod c=16 routing=random'
     fixed_16 = 'resnet18_mod c=16 routing=fixed'
     paper_64 = 'resnet18_mod (c=64, converged study)'
@@ -190,9 +202,38 @@ def verdict_pairs(arms: Dict[str, Any]) -> List[Tuple[str, str]]:
     return [(a, b) for a, b in pairs if a in arms and b in arms]
 
 
+def plot_verdict(arms: Dict[str, Tuple[List[float], List[float]]], path: Path) -> Optional[Path]:
+    """ Per arm, each seed's top-1 and what each image's routing carries over the previous image's, with the mean
+    and the sample std: the spread the verdict's rule weighs, seen."""
+    plt = pyplot(path.name)
+    if plt is None:
+        return None
+    names = list(arms)
+    figure, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(names) + 1.6), sharey=True)
+    panels = (('top-1 on CIFAR-10 test (%)', 0), ("each image's routing carries (points)", 1))
+    for axis, (title, column) in zip(axes, panels):
+        for row, name in enumerate(names):
+            values = arms[name][column]
+            if not values:
+                continue
+            axis.plot(values, [row] * len(values), 'o', color='tab:blue', alpha=0.5, markersize=5)
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            axis.errorbar(statistics.mean(values), row, xerr=spread, fmt='|', color='black', markersize=14,
+                          capsize=4)
+        axis.set_xlabel(title)
+        axis.grid(axis='x', alpha=0.3)
+    axes[1].axvline(0.0, color='grey', linewidth=1)
+    axes[0].set_yticks(range(len(names)), names, fontsize=8)
+    axes[0].invert_yaxis()
+    figure.suptitle('Selector verdict: seeds (dots), mean +- std (bars)')
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--collect', action='store_true', help='copy finished runs from output/')
+    parser.add_argument('--plot', action='store_true', help=f'draw the verdict arms into {VERDICT_PLOT.name}')
     args = parser.parse_args()
     if args.collect:
         collect()
@@ -201,6 +242,8 @@ def main() -> None:
     arms = verdict_arms(runs)
     if arms:
         print('\n' + verdict_tables(arms, verdict_pairs(arms)))
+        if args.plot:
+            plot_verdict(arms, VERDICT_PLOT)
 
 
 if __name__ == '__main__':
