@@ -157,11 +157,12 @@ def selector_study(tmp_path: Path, monkeypatch) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for name, path in dict(HERE=tmp_path / 'docs', RUNS=tmp_path / 'docs/runs', SELECTION=tmp_path / 'docs/selection',
-                           CONVERGED_RUNS=tmp_path / 'converged').items():
+                           CONVERGED_RUNS=tmp_path / 'converged', DISTILLED_RUNS=tmp_path / 'distilled',
+                           VERDICT_PLOT=tmp_path / 'docs/verdict.png').items():
         monkeypatch.setattr(module, name, path)
     monkeypatch.setattr(module, 'STUDIES', {'c16': tmp_path / 'causes', 'verdict_c16': tmp_path / 'verdict',
                                             'verdict_c16_option': tmp_path / 'verdict'})
-    for folder in ('docs/selection', 'converged'):
+    for folder in ('docs/selection', 'converged', 'distilled'):
         (tmp_path / folder).mkdir(parents=True)
     return module
 
@@ -236,11 +237,19 @@ def test_selector_study_verdicts_from_made_up_runs(selector_study: ModuleType, t
         _ablation(selector_study, 'verdict_c16', 'resnet18_mod@c=16', seed, 81.0, 80.0, 81.0 - 0.1 * seed)
         for name, value in (('resnet18_mod', 81.5 + seed / 10), ('resnet18_mod@routing=random', 81.3)):
             (tmp_path / 'converged' / f'{name}_seed{seed}.json').write_text(json.dumps({'top1': value}))
+        (tmp_path / 'distilled' / f'scratch_kd_seed{seed}.json').write_text(json.dumps({'top1': 82.5 + seed / 10}))
+        _ablation(selector_study, 'scratch_kd', 'resnet18_mod@kd_model_name=teacher~1234', seed, 82.5, 82.0, 82.6)
     selector_study.collect()
     arms = selector_study.verdict_arms(selector_study.read_runs())
     assert arms['resnet18_mod c=16'][0] == top1['paper']
     assert [round(v, 6) for v in arms['resnet18_mod c=16'][1]] == [0.0, 0.1, 0.2]
     assert arms['resnet18_mod (c=64, converged study)'][0] == [81.5, 81.6, 81.7]
+    distilled = arms[selector_study.DISTILLED_ARM]
+    assert distilled[0] == [82.5, 82.6, 82.7] and [round(v, 6) for v in distilled[1]] == [-0.1] * 3
+    assert list(arms) == [  # c = 16 first: the paper's selector, static and random routing, the option
+        'resnet18_mod c=16', 'resnet18_mod c=16 routing=fixed', 'resnet18_mod c=16 routing=random',
+        'resnet18_mod c=16 selector_gain=10', 'resnet18_mod (c=64, converged study)', selector_study.DISTILLED_ARM,
+        'resnet18_mod routing=random (c=64, converged study)']
     pairs = selector_study.verdict_pairs(arms)
     assert pairs == [('resnet18_mod c=16 selector_gain=10', 'resnet18_mod c=16 routing=random'),
                      ('resnet18_mod c=16 selector_gain=10', 'resnet18_mod c=16'),
@@ -255,14 +264,17 @@ def test_selector_study_verdicts_from_made_up_runs(selector_study: ModuleType, t
         error = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
         called = 'first ahead' if diff > 2 * error else 'second ahead' if diff < -2 * error else 'not called'
         return f'| {first} | {second} | {diff:+.2f} | {error:.2f} | {called} |'
-    assert lines[-6:] == [
+    assert lines[-7:] == [
         row(*pairs[0], top1['option'], top1['random']),
         row(*pairs[1], top1['option'], top1['paper']),
         row(*pairs[2], top1['option'], top1['fixed']),
         row(*pairs[3], top1['paper'], top1['random']),
         row(*pairs[4], top1['paper'], top1['fixed']),
-        "| resnet18_mod c=16: each image's routing | the previous image's | +0.10 | 0.06 | not called |"]
-    assert lines[-6].endswith('| first ahead |') and lines[-5].endswith('| not called |')
+        "| resnet18_mod c=16: each image's routing | the previous image's | +0.10 | 0.06 | not called |",
+        f"| {selector_study.DISTILLED_ARM}: each image's routing | the previous image's | -0.10 | 0.00 | "
+        "second ahead |"]
+    assert lines[-7].endswith('| first ahead |') and lines[-6].endswith('| not called |')
+    assert selector_study.plot_verdict(arms, selector_study.VERDICT_PLOT).stat().st_size > 0
 
 
 def test_switched_off_rebuilds_the_selectors_initial_weights(digits: Path, tmp_path: Path) -> None:

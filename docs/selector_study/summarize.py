@@ -145,8 +145,13 @@ def verdict_arms(runs: List[Dict[str, Any]]) -> Dict[str, Tuple[List[float], Lis
             [json.loads(p.read_text())['top1'] for p in sorted(DISTILLED_RUNS.glob('scratch_kd_seed*.json'))],
             [carried(dict(routing_ablation=json.loads(p.read_text())['routing_ablation']), 'top1_neighbour')
              for p in sorted(SELECTION.glob('scratch_kd_*_seed*.json'))])
-    # c = 16 first, then c = 64, each with the other studies' arms last
-    return dict(sorted(arms.items(), key=lambda arm: ('c=16' not in arm[0], 'study)' in arm[0])))
+    def order(name: str) -> Tuple[bool, ...]:
+        """ c = 16, then c = 64; in each the paper's selector, static and random routing, the options, then the
+        other studies' arms."""
+        other_study = 'study)' in name
+        option = not other_study and 'routing=' not in name and name not in ('resnet18_mod c=16', 'resnet18_mod')
+        return 'c=16' not in name, other_study, option, 'routing=' in name
+    return dict(sorted(arms.items(), key=lambda arm: order(arm[0])))
 
 
 def difference(a: Sequence[float], b: Sequence[float]) -> Tuple[float, float]:
