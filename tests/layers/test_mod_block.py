@@ -564,7 +564,7 @@ def _averaged_as_timm_does(states: List[Dict[str, torch.Tensor]]) -> Dict[str, t
 def test_weights_averaged_by_timm_keep_their_record() -> None:
     """ timm's avg_checkpoints.py stores every entry as float32, the record's bytes included: the averaged weights
     load, still warn when built otherwise, and an average over checkpoints trained with other arguments (a record
-    that is no longer bytes) is refused naming the fix, not decoded into noise."""
+    that is no longer bytes) or a record cut short is refused naming the fix, not decoded into noise."""
     averaged = _averaged_as_timm_does([make_block(score_scaling='straight_through').state_dict() for _ in range(2)])
     assert averaged['_extra_state'].dtype == torch.float32
     with pytest.warns(UserWarning, match=r"trained with score_scaling='straight_through'"):
@@ -577,3 +577,7 @@ def test_weights_averaged_by_timm_keep_their_record() -> None:
     mixed = _averaged_as_timm_does([make_block(selector_gain=gain).state_dict() for gain in (2.0, 3.0)])
     with pytest.raises(ValueError, match=r'averaged over checkpoints trained with different MoD arguments.*drop'):
         make_block().load_state_dict(mixed)
+    cut_short = dict(make_block().state_dict())  # bytes, but no longer JSON
+    cut_short['_extra_state'] = cut_short['_extra_state'][:-3]
+    with pytest.raises(ValueError, match=r'record of the MoD arguments .* is unreadable'):
+        make_block().load_state_dict(cut_short)

@@ -47,13 +47,17 @@ def decode_shapeless_args(record: torch.Tensor) -> Dict[str, Any]:
     come back as floats: timm's avg_checkpoints.py (and any cast of a whole state dict) turns every tensor into
     float32, which keeps byte values exactly."""
     values = record.detach().flatten().to(torch.float64)
+    unreadable = ValueError(
+        "These weights' record of the MoD arguments they were trained with (the state dict's '*._extra_state' "
+        'entries) is unreadable: it was averaged over checkpoints trained with different MoD arguments, or changed '
+        'by a tool. Average only checkpoints of one run, or drop those entries to load the weights without the '
+        'record.')
     if not bool(((values == values.round()) & (values >= 0) & (values <= 255)).all()):
-        raise ValueError(
-            "These weights' record of the MoD arguments they were trained with (the state dict's '*._extra_state' "
-            'entries) is not bytes: it was averaged over checkpoints trained with different MoD arguments, or '
-            'changed by a tool. Average only checkpoints of one run, or drop those entries to load the weights '
-            'without the record.')
-    return json.loads(bytes(values.to(torch.uint8).tolist()).decode())
+        raise unreadable
+    try:
+        return json.loads(bytes(values.to(torch.uint8).tolist()).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise unreadable from error
 
 
 @dataclass(frozen=True)
